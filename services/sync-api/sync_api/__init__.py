@@ -1,0 +1,38 @@
+"""sync-api: the internal HTTP API and admin pages of antrian."""
+
+from __future__ import annotations
+
+import hashlib
+
+from flask import Flask
+
+from antrian.config import Settings
+from antrian.logging import configure_logging
+from antrian.startup import settings_or_exit
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Application factory: one blueprint per concern, settings from the environment unless given."""
+    if settings is None:
+        settings = settings_or_exit("sync-api", require=("api_token",), database=False, broker=False)
+    configure_logging("sync-api", settings.log_level)
+    app = Flask(__name__)
+    app.config.update(
+        ANTRIAN=settings,
+        # Admin sessions are signed with a key derived from the token: a new token logs everyone out.
+        SECRET_KEY=hashlib.sha256(b"antrian-admin-session:" + settings.require("api_token").encode()).hexdigest(),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_NAME="antrian_admin",
+        JSON_SORT_KEYS=False,
+    )
+
+    from . import admin, errors, extensions, health, http_metrics, sync_runs_api
+
+    extensions.init_app(app)
+    errors.init_app(app)
+    http_metrics.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(sync_runs_api.bp)
+    app.register_blueprint(admin.bp)
+    return app

@@ -1,0 +1,24 @@
+"""Console entry points: ``sync-api`` (gunicorn) and ``sync-worker`` (Dramatiq), each checked before it starts."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from antrian.startup import settings_or_exit
+from antrian.workers import exec_worker
+
+
+def web() -> None:
+    """Serve the API with gunicorn; extra arguments go to gunicorn."""
+    settings = settings_or_exit("sync-api", require=("api_token",))
+    args = [
+        sys.executable, "-m", "gunicorn", "--config", "python:sync_api.gunicorn_conf",
+        "--bind", f"0.0.0.0:{settings.port}", *sys.argv[1:], "sync_api.wsgi:app",
+    ]
+    os.execv(sys.executable, args)
+
+
+def worker() -> None:
+    """Run the Dramatiq workers of queue sync-pembayaran; extra arguments go to dramatiq."""
+    exec_worker("sync-worker", "sync_api.worker", sys.argv[1:], require=("upstream_base_url",))

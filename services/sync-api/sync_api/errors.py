@@ -1,0 +1,36 @@
+"""Errors as ``{"error": "<message>"}`` with a fitting status, for every JSON route."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import BadRequest, HTTPException
+
+
+def error(status: int, message: str, **extra):
+    return jsonify({"error": message, **extra}), status
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json" or (
+        request.path.startswith("/admin/") and request.path.count("/") > 2
+    )
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if not _wants_json():
+            return exc
+        return error(exc.code or 500, _message(exc))
+
+
+def _message(exc: HTTPException) -> str:
+    if isinstance(exc, ClearBadRequest):
+        return exc.description
+    if exc.code == 400 and "JSON" in (exc.description or ""):
+        return "malformed JSON body"
+    return {400: "malformed request", 404: "not found", 405: "method not allowed"}.get(exc.code, exc.name.lower())
+
+
+class ClearBadRequest(BadRequest):
+    """A 400 whose description is already the message to show."""

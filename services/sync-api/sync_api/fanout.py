@@ -1,0 +1,118 @@
+"""The fan-out of a sync run: one message per student, published in confirmed batches.
+
+It records the run's items and publishes their messages batch by batch, moving a cursor only
+after RabbitMQ confirmed the batch. Killed half-way, it is redelivered and goes on from the
+cursor; the few messages of an unfinished batch may go out twice, which the actor ignores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine, text
+
+from antrian.messages import SYNC_QUEUE, SYNC_STUDENT_PAYMENT
+from antrian.publisher import ConfirmedPublisher
+
+from . import worker_metrics
+
+logger = logging.getLogger(__name__)
+
+#: Students per confirmed batch.
+BATCH_SIZE = 2000
+#: First key of the advisory lock that keeps two fan-outs of one run apart ("fo").
+FANOUT_LOCK_NAMESPACE = 0x666F
+#: How long to wait for the run's row: the request publishes the fan-out just before it commits.
+RUN_VISIBLE_WAIT_S = 5.0
+
+_NEXT_BATCH = text(
+    """WITH batch AS (
+           SELECT id, idperson FROM students
+           WHERE id > :cursor AND id <= :last_student_id
+           ORDER BY id LIMIT :limit
+       ), items AS (
+           INSERT INTO sync_items (run_id, idperson) SELECT :run_id, idperson FROM batch
+           ON CONFLICT DO NOTHING
+       )
+       SELECT id, idperson FROM batch ORDER BY id"""
+)
+_FINISH = text(
+    """WITH counted AS (SELECT count(*) AS total FROM sync_items WHERE run_id = :run_id)
+       UPDATE sync_runs SET
+           fanout_done = true,
+           total = counted.total,
+           status = CASE WHEN processed >= counted.total THEN 'finished' ELSE status END,
+           finished_at = CASE WHEN processed >= counted.total THEN now() ELSE finished_at END
+       FROM counted WHERE id = :run_id
+       RETURNING sync_runs.total, sync_runs.status"""
+)
+
+
+def fan_out(engine: Engine, run_id: int, publisher_factory: Callable[[], ConfirmedPublisher]) -> None:
+    """Publish every student message of ``run_id`` that has not been confirmed yet."""
+    with engine.connect() as lock_connection:
+        locked = lock_connection.execute(
+            text("SELECT pg_try_advisory_lock(:ns, :run_id)"), {"ns": FANOUT_LOCK_NAMESPACE, "run_id": run_id}
+        ).scalar_one()
+        lock_connection.commit()
+        if not locked:
+            logger.info("sync run %s is being fanned out by another worker", run_id)
+            return
+        try:
+            _fan_out_locked(engine, run_id, publisher_factory)
+        finally:
+            lock_connection.execute(
+                text("SELECT pg_advisory_unlock(:ns, :run_id)"), {"ns": FANOUT_LOCK_NAMESPACE, "run_id": run_id}
+            )
+            lock_connection.commit()
+
+
+def _fan_out_locked(engine: Engine, run_id: int, publisher_factory: Callable[[], ConfirmedPublisher]) -> None:
+    run = _wait_for_run(engine, run_id)
+    if run is None:
+        logger.warning("sync run %s does not exist; the request that started it did not commit", run_id)
+        return
+    if run.fanout_done:
+        return
+    cursor, published, started = run.fanout_cursor, 0, time.perf_counter()
+    with publisher_factory() as publisher:
+        while True:
+            with engine.begin() as connection:
+                batch = connection.execute(
+                    _NEXT_BATCH,
+                    {"run_id": run_id, "cursor": cursor, "last_student_id": run.last_student_id, "limit": BATCH_SIZE},
+                ).all()
+            if not batch:
+                break
+            bodies = [SYNC_STUDENT_PAYMENT.message(row.idperson, run_id).encode() for row in batch]
+            publisher.publish_batch(SYNC_QUEUE, bodies)
+            cursor = batch[-1].id
+            with engine.begin() as connection:
+                connection.execute(
+                    text("UPDATE sync_runs SET fanout_cursor = :cursor WHERE id = :run_id"),
+                    {"cursor": cursor, "run_id": run_id},
+                )
+            published += len(batch)
+            worker_metrics.FANOUT_MESSAGES.inc(len(batch))
+    with engine.begin() as connection:
+        total, status = connection.execute(_FINISH, {"run_id": run_id}).one()
+    elapsed = time.perf_counter() - started
+    logger.info(
+        "sync run %s fanned out: %s messages in %.2fs (%.0f/s); %s students in all, run %s",
+        run_id, published, elapsed, published / elapsed if elapsed else 0, total, status,
+    )
+
+
+def _wait_for_run(engine: Engine, run_id: int):
+    deadline = time.monotonic() + RUN_VISIBLE_WAIT_S
+    while True:
+        with engine.connect() as connection:
+            run = connection.execute(
+                text("SELECT last_student_id, fanout_cursor, fanout_done FROM sync_runs WHERE id = :id"),
+                {"id": run_id},
+            ).one_or_none()
+        if run is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)

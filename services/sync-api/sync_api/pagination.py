@@ -1,0 +1,26 @@
+"""``?limit=`` (default 100, at most 1000) and ``?offset=`` for every list route."""
+
+from __future__ import annotations
+
+from flask import request
+from .errors import ClearBadRequest
+
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+
+
+def page() -> tuple[int, int]:
+    return _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT), _int_arg("offset", 0, 0, None)
+
+
+def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ClearBadRequest(f"{name} must be a whole number") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ClearBadRequest(f"{name} must be {bound}")
+    return value

@@ -1,0 +1,123 @@
+"""One student's sync in one run: fetch the pembayaran, then record the outcome exactly once.
+
+The item row (``sync_items``) is the single source of truth: it moves from ``pending`` to
+``success`` or ``failed`` once, and the run's counters move in the same statement, so a
+redelivered or duplicated message can neither store twice nor count twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from antrian.db import retry_on_disconnect
+
+from . import worker_metrics
+from .upstream import PermanentUpstreamError, SchoolApi, TransientUpstreamError
+
+logger = logging.getLogger(__name__)
+
+_ITEM_STATE = text(
+    """SELECT i.status, s.id IS NOT NULL AS student_exists
+       FROM sync_items i LEFT JOIN students s ON s.idperson = i.idperson
+       WHERE i.run_id = :run_id AND i.idperson = :idperson"""
+)
+
+# One round trip: the item leaves 'pending' (or nothing happens), the student's pembayaran is
+# stored on success, and the run counts the outcome, finishing when it was the last one.
+_RECORD_OUTCOME = text(
+    """WITH item AS (
+           UPDATE sync_items SET status = :status, error = :error, finished_at = now()
+           WHERE run_id = :run_id AND idperson = :idperson AND status = 'pending'
+           RETURNING idperson
+       ), student AS (
+           UPDATE students SET pembayaran = CAST(:data AS jsonb), pembayaran_synced_at = now()
+           WHERE :status = 'success' AND idperson = (SELECT idperson FROM item)
+       ), run AS (
+           UPDATE sync_runs SET
+               processed = processed + 1,
+               failed = failed + CASE WHEN :status = 'failed' THEN 1 ELSE 0 END,
+               status = CASE WHEN fanout_done AND processed + 1 >= total THEN 'finished' ELSE status END,
+               finished_at = CASE WHEN fanout_done AND processed + 1 >= total THEN now() ELSE finished_at END
+           WHERE id = :run_id AND EXISTS (SELECT 1 FROM item)
+           RETURNING status
+       )
+       SELECT (SELECT count(*) FROM item) AS counted, (SELECT status FROM run) AS run_status"""
+)
+
+
+class StudentSyncFailed(Exception):
+    """Raised after a student's failure is recorded, so that Dramatiq fails the message without retrying."""
+
+
+class StudentSync:
+    """Syncs students for runs.
+
+    Parameters:
+      engine(Engine): the database.
+      school_api(SchoolApi): the upstream client.
+    """
+
+    def __init__(self, *, engine: Engine, school_api: SchoolApi) -> None:
+        self.engine = engine
+        self.school_api = school_api
+
+    def sync(self, idperson: int, run_id: int, *, final_attempt: bool) -> None:
+        """Fetch and store one student's pembayaran for ``run_id``.
+
+        Raises TransientUpstreamError to be retried (after recording the failure when this was
+        the final attempt) and StudentSyncFailed once a permanent failure is recorded.
+        """
+        state = retry_on_disconnect(lambda: self._item_state(idperson, run_id))
+        if state is None:
+            logger.warning("no sync item for student %s in run %s; message ignored", idperson, run_id)
+            return
+        if state.status != "pending":
+            logger.info("student %s already %s in run %s; duplicate message ignored", idperson, state.status, run_id)
+            return
+        if not state.student_exists:
+            self._fail(idperson, run_id, "student no longer exists")
+        try:
+            data = self.school_api.fetch_pembayaran(idperson)
+        except PermanentUpstreamError as exc:
+            self._fail(idperson, run_id, str(exc))
+        except TransientUpstreamError as exc:
+            if final_attempt:
+                self.record(idperson, run_id, status="failed", error=f"{exc} (after 3 attempts)")
+            raise
+        self.record(idperson, run_id, status="success", data=data)
+
+    def _fail(self, idperson: int, run_id: int, reason: str) -> None:
+        self.record(idperson, run_id, status="failed", error=reason)
+        raise StudentSyncFailed(f"student {idperson}: {reason}")
+
+    def _item_state(self, idperson: int, run_id: int) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(_ITEM_STATE, {"run_id": run_id, "idperson": idperson}).one_or_none()
+
+    def record(self, idperson: int, run_id: int, *, status: str, data: Any = None, error: str | None = None) -> bool:
+        """Record the student's final outcome; False when it had one already (nothing changes then)."""
+
+        def work() -> Any:
+            with self.engine.begin() as connection:
+                return connection.execute(
+                    _RECORD_OUTCOME,
+                    {
+                        "run_id": run_id,
+                        "idperson": idperson,
+                        "status": status,
+                        "error": error,
+                        "data": json.dumps(data) if status == "success" else None,
+                    },
+                ).one()
+
+        row = retry_on_disconnect(work)
+        if not row.counted:
+            return False
+        worker_metrics.STUDENTS.labels(status).inc()
+        if row.run_status == "finished":
+            logger.info("sync run %s finished", run_id)
+        return True

@@ -1,0 +1,17 @@
+"""sync-worker's broker module, loaded by ``dramatiq sync_api.worker`` in every worker process."""
+
+from __future__ import annotations
+
+from dramatiq.middleware.prometheus import Prometheus
+
+from antrian.broker import make_broker
+from antrian.config import load_settings
+from antrian.logging import configure_logging
+
+settings = load_settings()
+configure_logging("sync-worker", settings.log_level)
+broker = make_broker(settings, extra_middleware=[Prometheus()])
+
+from . import actors  # noqa: E402 - actors bind to the broker made just above
+
+actors.configure(settings)

@@ -1,0 +1,5 @@
+import sys
+
+from antrian.cli import main
+
+sys.exit(main())

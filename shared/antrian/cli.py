@@ -1,0 +1,98 @@
+"""The ``antrian`` command: migrations, demo data and sync runs from the terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from sqlalchemy.exc import OperationalError
+
+from . import db, demo, migrate as schema, sync_runs
+from .errors import DependencyUnavailable, RunAlreadyRunning
+from .startup import guarded, settings_or_exit
+
+#: Seconds between two looks at a run's progress while ``--wait``ing.
+POLL_INTERVAL_S = 0.5
+
+
+@click.group()
+def main() -> None:
+    """antrian: background jobs on RabbitMQ and PostgreSQL."""
+
+
+@main.command()
+def migrate() -> None:
+    """Create the database if it is missing and apply every migration."""
+    settings = settings_or_exit("antrian migrate", database=False, broker=False)
+
+    def work() -> None:
+        try:
+            if schema.create_database_if_missing(settings.database_url):
+                click.echo(f"created database {db.redact(settings.database_url)}")
+        except OperationalError as exc:
+            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            raise DependencyUnavailable(
+                f"cannot reach the database at {db.redact(settings.database_url)}: {reason}"
+            ) from None
+        schema.upgrade(settings.database_url)
+
+    guarded("antrian migrate", work)
+    click.echo("migrations applied")
+
+
+@main.command("seed-demo")
+@click.option("--students", "students", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--if-empty", is_flag=True, help="Only seed when there are no students yet.")
+def seed_demo(students: int, if_empty: bool) -> None:
+    """Insert demo students for development."""
+    settings = settings_or_exit("antrian seed-demo", broker=False)
+    engine = db.make_engine(settings.database_url)
+    if if_empty and demo.has_students(engine):
+        click.echo("students exist already; no demo data added")
+        return
+    added = demo.seed_students(engine, students)
+    click.echo(f"added {added} demo students")
+
+
+@main.group()
+def sync() -> None:
+    """Student payment sync runs."""
+
+
+@sync.command("start")
+@click.option("--wait", is_flag=True, help="Show a progress bar until the run finishes.")
+def sync_start(wait: bool) -> None:
+    """Start a sync of every student's pembayaran."""
+    from .broker import make_broker
+
+    settings = settings_or_exit("antrian sync start")
+    engine = db.make_engine(settings.database_url)
+    broker = make_broker(settings)
+    try:
+        run = sync_runs.start_run(engine, broker)
+    except RunAlreadyRunning as exc:
+        raise click.ClickException(f"sync run {exc.run_id} is still running") from None
+    finally:
+        broker.close()
+    click.echo(f"sync run {run['id']} started for {run['total']} students")
+    if wait:
+        run = _follow(engine, run["id"])
+        click.echo(json.dumps(run))
+
+
+def _follow(engine, run_id: int) -> dict:
+    """Draw a progress bar until the run finishes; return its final state."""
+    from tqdm import tqdm
+
+    run = sync_runs.get_run(engine, run_id)
+    with tqdm(total=run["total"], unit="student", desc=f"sync run {run_id}", dynamic_ncols=True) as bar:
+        while True:
+            bar.total = run["total"]
+            bar.update(run["processed"] - bar.n)
+            bar.set_postfix(failed=run["failed"], refresh=True)
+            if not run["isRunning"]:
+                return run
+            time.sleep(POLL_INTERVAL_S)
+            run = sync_runs.get_run(engine, run_id)

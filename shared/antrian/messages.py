@@ -1,0 +1,32 @@
+"""Message contracts: which queue and actor name a message goes to, so producers never import consumers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A message kind: the queue it travels on and the actor that consumes it."""
+
+    queue: str
+    actor: str
+
+    def message(self, *args: Any) -> dramatiq.Message:
+        return dramatiq.Message(queue_name=self.queue, actor_name=self.actor, args=args, kwargs={}, options={})
+
+    def send(self, broker: dramatiq.Broker, *args: Any) -> dramatiq.Message:
+        """Enqueue one message through ``broker`` (with confirms when the broker has them on)."""
+        return broker.enqueue(self.message(*args))
+
+
+#: Queue names fixed by SPEC.
+SYNC_QUEUE = "sync-pembayaran"
+
+#: ``sync_student_payment(idperson, run_id)``: fetch and store one student's pembayaran.
+SYNC_STUDENT_PAYMENT = Contract(SYNC_QUEUE, "sync_student_payment")
+#: ``fan_out_sync_run(run_id)``: publish one SYNC_STUDENT_PAYMENT per student of a run, in batches.
+FAN_OUT_SYNC_RUN = Contract(SYNC_QUEUE, "fan_out_sync_run")

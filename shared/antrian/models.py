@@ -1,0 +1,67 @@
+"""SQLAlchemy 2.0 models of the tables other programs may read (SPEC's "Data")."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class Student(Base):
+    """A student (siswa). The school's own systems insert ``idperson`` and ``name`` with plain SQL."""
+
+    __tablename__ = "students"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    idperson: Mapped[int] = mapped_column(BigInteger, unique=True)
+    name: Mapped[str] = mapped_column(Text, server_default="")
+    pembayaran: Mapped[Any | None] = mapped_column(JSONB)
+    pembayaran_synced_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class SyncRun(Base):
+    """One sync of every student's pembayaran.
+
+    ``total`` is the number of students when the run started until the fan-out has recorded
+    every item, then the exact number of items. The run finishes when ``processed`` reaches it.
+    """
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (
+        # At most one running run, whatever the number of web processes asking at once.
+        Index("sync_runs_one_running", text("(true)"), unique=True, postgresql_where=text("status = 'running'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, server_default="running")
+    total: Mapped[int] = mapped_column(Integer, server_default="0")
+    processed: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: Students with ``id`` up to this one belong to the run (the snapshot taken at start).
+    last_student_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    #: The fan-out has published every student up to this ``students.id``.
+    fanout_cursor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    fanout_done: Mapped[bool] = mapped_column(server_default="false")
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+
+
+class SyncItem(Base):
+    """One student in one run: ``pending`` until it reaches ``success`` or ``failed``, once."""
+
+    __tablename__ = "sync_items"
+    __table_args__ = (Index("sync_items_failed", "run_id", postgresql_where=text("status = 'failed'")),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True)
+    idperson: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None]

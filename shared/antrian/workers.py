@@ -1,0 +1,29 @@
+"""Start a Dramatiq worker service: check its dependencies, prepare metrics, then become ``dramatiq``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .metrics import prepare_multiprocess_dir
+from .startup import settings_or_exit
+
+#: Milliseconds a stopping worker waits for in-flight messages; below Kubernetes' grace period.
+SHUTDOWN_TIMEOUT_MS = 25_000
+
+
+def exec_worker(service: str, module: str, argv: list[str], *, require: tuple[str, ...] = ()) -> None:
+    """Replace this process with ``dramatiq module argv...`` so that signals reach Dramatiq directly.
+
+    Parameters:
+      service(str): the deployable's name, for messages and the metrics port default.
+      module(str): the module that declares the broker and the actors.
+      argv(list[str]): more arguments for dramatiq (``--processes``, ``--threads``, ...).
+      require(tuple[str, ...]): settings this worker cannot run without.
+    """
+    settings = settings_or_exit(service, require=require)
+    prepare_multiprocess_dir(service, settings.metrics_port_for(service))
+    args = [sys.executable, "-m", "dramatiq", module, "--worker-shutdown-timeout", str(SHUTDOWN_TIMEOUT_MS), *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, args)
