@@ -1,0 +1,34 @@
+# antrian: `make run` starts everything on this machine, `make test` proves it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SERVICES := -e shared -e services/sync-api
+
+.DEFAULT_GOAL := help
+.PHONY: help install services run test bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: shared/pyproject.toml services/*/pyproject.toml requirements-dev.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -r requirements-dev.txt $(SERVICES)
+	touch $@
+
+install: $(VENV)/.installed ## Install every service and the test tools into .venv
+
+services: ## Start PostgreSQL and RabbitMQ here when they are down
+	@scripts/ensure-services.sh
+
+run: install services ## Migrate, then run every service in the foreground (Ctrl-C stops them all)
+	$(BIN)/python dev/run.py
+
+test: install services ## Install what the tests need and run them all
+	@scripts/ensure-chromium.sh
+	$(BIN)/pytest
+
+bench: install services ## Run the benchmarks under bench/ and print their figures
+	$(BIN)/python -m bench
+
+clean: ## Remove .venv and generated files
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,139 @@
+"""Fixtures: the real PostgreSQL and RabbitMQ (an isolated database and vhost), and real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from antrian.migrate import upgrade
+
+from .support import (
+    API_TOKEN, BIN, BROKER_URL, DATABASE_URL, TEST_DATABASE, TEST_VHOST, Service, base_env, free_port,
+    purge_queues,
+)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=False, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def infrastructure() -> Iterator[None]:
+    """A fresh test database (migrated by the real code) and a fresh RabbitMQ vhost.
+
+    PostgreSQL and RabbitMQ must be running (``make test`` starts them); nothing is skipped.
+    """
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)"))
+            connection.execute(text(f"CREATE DATABASE {TEST_DATABASE}"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.exit(f"PostgreSQL is not reachable on 127.0.0.1:5432 (run `make services`): {exc}", returncode=3)
+    finally:
+        admin.dispose()
+    upgrade(DATABASE_URL)
+    _rabbitmqctl("delete_vhost", TEST_VHOST)
+    _rabbitmqctl("add_vhost", TEST_VHOST)
+    _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
+    yield
+
+
+@pytest.fixture(scope="session")
+def engine(infrastructure) -> Iterator[Engine]:
+    engine = create_engine(DATABASE_URL)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clean(engine: Engine) -> Engine:
+    """Empty tables and queues before the test."""
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE students, sync_runs, sync_items RESTART IDENTITY CASCADE"))
+    purge_queues()
+    return engine
+
+
+@pytest.fixture
+def services(tmp_path, request) -> Iterator[list[Service]]:
+    """Every process a test starts; stopped afterwards, logs printed when the test failed."""
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for service in started:
+            sys.stderr.write(f"\n----- {service.name} log -----\n{service.log()[-6000:]}\n")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def start_school_api(services, tmp_path):
+    """Start the development school API with its flags; returns its base URL."""
+
+    def start(*flags: str) -> str:
+        port = free_port()
+        service = Service(
+            f"school-api-{port}", [str(BIN / "dev-school-api"), "--port", str(port), *flags], base_env(), tmp_path,
+            ready_url=f"http://127.0.0.1:{port}/healthz",
+        )
+        services.append(service.start())
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
+def start_worker(services, tmp_path):
+    """Start a real sync-worker (Dramatiq processes); returns the Service (``.metrics_url`` added)."""
+
+    def start(upstream: str, *, processes: int = 1, threads: int = 8, **env: str) -> Service:
+        port = free_port()
+        service = Service(
+            f"sync-worker-{port}",
+            [str(BIN / "sync-worker"), "--processes", str(processes), "--threads", str(threads)],
+            base_env(UPSTREAM_BASE_URL=upstream, METRICS_PORT=str(port), **env),
+            tmp_path,
+            ready_url=f"http://127.0.0.1:{port}/metrics",
+        )
+        service.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        services.append(service.start(timeout=60))
+        return service
+
+    return start
+
+
+@pytest.fixture
+def start_web(services, tmp_path):
+    """Start sync-api under gunicorn; returns its base URL."""
+
+    def start(**env: str) -> str:
+        port = free_port()
+        service = Service(
+            f"sync-api-{port}", [str(BIN / "sync-api"), "--workers", "2"], base_env(PORT=str(port), **env), tmp_path,
+            ready_url=f"http://127.0.0.1:{port}/healthz",
+        )
+        services.append(service.start())
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+__all__ = ["BROKER_URL"]

@@ -1,0 +1,143 @@
+"""Test helpers: real processes on loopback, the test database and the test RabbitMQ vhost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pika
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+TEST_DATABASE = "antrian_test"
+DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DATABASE}"
+TEST_VHOST = "antrian_test"
+BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}"
+API_TOKEN = "test-token-0123456789"
+SYNC_QUEUES = ("sync-pembayaran", "sync-pembayaran.DQ", "sync-pembayaran.XQ")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """The environment every antrian process of the tests gets: test database, test vhost, token."""
+    env = {k: v for k, v in os.environ.items() if k not in {"UPSTREAM_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
+    env.update(
+        DATABASE_URL=DATABASE_URL,
+        BROKER_URL=BROKER_URL,
+        API_TOKEN=API_TOKEN,
+        PYTHONUNBUFFERED="1",
+        UPSTREAM_TIMEOUT_S="5",
+    )
+    env.update(overrides)
+    return env
+
+
+def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll ``condition`` until it returns something truthy; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class Service:
+    """A real process started for a test, its output in a log file, stopped at the end.
+
+    Parameters:
+      name(str): shown in failures.
+      argv(list[str]): the command.
+      env(dict): its environment.
+      log_dir(Path): where its output goes.
+      ready_url(str | None): a URL that answers 200 once the process is ready.
+    """
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, ready_url: str | None = None):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.ready_url = ready_url
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> Service:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+        log.close()
+        if self.ready_url:
+            wait_until(self._ready, timeout=timeout, what=f"{self.name} at {self.ready_url}\n{self.log()[-3000:]}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        return http_ok(self.ready_url)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the process and every child it started (a crash, not a shutdown)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 30) -> None:
+        if not self.process or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        except ProcessLookupError:
+            pass
+
+
+def purge_queues(queues=SYNC_QUEUES) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        for queue in queues:
+            channel = connection.channel()
+            try:
+                channel.queue_purge(queue)
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # not declared yet
+    finally:
+        connection.close()
+
+
+def queue_depth(queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()
