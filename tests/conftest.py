@@ -41,6 +41,10 @@ def infrastructure() -> Iterator[None]:
     _rabbitmqctl("add_vhost", TEST_VHOST)
     _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
     yield
+    _rabbitmqctl("delete_vhost", TEST_VHOST)
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)"))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -17,9 +17,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
-TEST_DATABASE = "antrian_test"
+#: Each test session gets its own database and vhost, so two sessions on one machine never collide.
+TEST_DATABASE = f"antrian_test_{os.getpid()}"
 DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DATABASE}"
-TEST_VHOST = "antrian_test"
+TEST_VHOST = TEST_DATABASE
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}"
 API_TOKEN = "test-token-0123456789"
 SYNC_QUEUES = ("sync-pembayaran", "sync-pembayaran.DQ", "sync-pembayaran.XQ")

@@ -1,0 +1,65 @@
+"""Settings come from the environment, and a wrong value names its variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from antrian.config import load_settings
+from antrian.errors import ConfigError
+
+
+def test_defaults_follow_the_spec():
+    settings = load_settings({})
+    assert settings.database_url == "postgresql+psycopg://postgres@127.0.0.1:5432/antrian"
+    assert settings.broker_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert settings.upstream_timeout_s == 30
+    assert (settings.smtp_host, settings.smtp_port, settings.smtp_security) == ("127.0.0.1", 1025, "none")
+    assert (settings.booking_expiry_minutes, settings.expiry_sweep_seconds) == (30, 300)
+    assert settings.payment_simulator is False
+    assert settings.metrics_port_for("sync-worker") == 9191
+    assert settings.metrics_port_for("mailer") == 9192
+    assert settings.metrics_port_for("booking-expiry") == 9193
+
+
+def test_values_are_parsed():
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql://u@db:5432/x",
+            "UPSTREAM_BASE_URL": "https://school.example/api/",
+            "UPSTREAM_TIMEOUT_S": "2.5",
+            "PAYMENT_SIMULATOR": "true",
+            "METRICS_PORT": "9999",
+            "SMTP_SECURITY": "STARTTLS",
+        }
+    )
+    assert settings.database_url == "postgresql+psycopg://u@db:5432/x"
+    assert settings.upstream_base_url == "https://school.example/api"
+    assert settings.upstream_timeout_s == 2.5
+    assert settings.payment_simulator is True
+    assert settings.metrics_port_for("sync-worker") == 9999
+    assert settings.smtp_security == "starttls"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", "mysql://x"),
+        ("BROKER_URL", "redis://x"),
+        ("UPSTREAM_BASE_URL", "school.example"),
+        ("UPSTREAM_TIMEOUT_S", "-1"),
+        ("UPSTREAM_TIMEOUT_S", "soon"),
+        ("SMTP_PORT", "70000"),
+        ("SMTP_SECURITY", "tls"),
+        ("MAIL_BACKEND", "sendmail"),
+        ("BOOKING_EXPIRY_MINUTES", "0"),
+        ("PAYMENT_SIMULATOR", "maybe"),
+    ],
+)
+def test_a_wrong_value_names_its_variable(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({variable: value})
+
+
+def test_a_required_setting_names_its_variable():
+    with pytest.raises(ConfigError, match="API_TOKEN is required"):
+        load_settings({}).require("api_token")

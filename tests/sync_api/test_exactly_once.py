@@ -1,0 +1,112 @@
+"""A redelivered or duplicated message changes nothing the second time; concurrent outcomes count once."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import replace
+
+import pytest
+import requests
+from sqlalchemy import text
+
+from antrian.broker import make_broker
+from antrian.config import load_settings
+from antrian.demo import seed_students
+from antrian.messages import SYNC_STUDENT_PAYMENT
+from antrian.sync_runs import get_run, start_run
+from sync_api.student_sync import StudentSync
+from sync_api.upstream import SchoolApi
+
+from ..support import BROKER_URL, DATABASE_URL, queue_depth, wait_until
+from .helpers import idpersons
+
+
+@pytest.fixture
+def broker(infrastructure):
+    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    yield broker
+    broker.close()
+
+
+def metric(text_: str, name: str, **labels: str) -> float:
+    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = rf"^{re.escape(name)}\{{{re.escape(selector)}\}} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
+    found = re.search(pattern, text_, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def snapshot(engine, run_id):
+    with engine.connect() as connection:
+        students = connection.execute(
+            text("SELECT idperson, pembayaran, pembayaran_synced_at FROM students ORDER BY idperson")
+        ).all()
+        items = connection.execute(
+            text("SELECT idperson, status, error, finished_at FROM sync_items WHERE run_id = :id ORDER BY idperson"),
+            {"id": run_id},
+        ).all()
+    return students, items, get_run(engine, run_id)
+
+
+def test_the_same_message_twice_changes_nothing(clean, broker, start_school_api, start_worker):
+    # Given a finished run of three students
+    seed_students(clean, 3)
+    worker = start_worker(start_school_api(), threads=2)
+    run = start_run(clean, broker)
+    wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=30, what="the run to finish")
+    before = snapshot(clean, run["id"])
+    metrics_before = requests.get(worker.metrics_url, timeout=5).text
+
+    # When one student's message is delivered twice more (the same message, as a redelivery would)
+    message = SYNC_STUDENT_PAYMENT.message(idpersons(1)[0], run["id"])
+    broker.enqueue(message)
+    broker.enqueue(message)
+
+    def consumed_both():
+        text_ = requests.get(worker.metrics_url, timeout=5).text
+        done = metric(text_, "dramatiq_messages_total", actor_name="sync_student_payment", queue_name="sync-pembayaran")
+        return done - metric(
+            metrics_before, "dramatiq_messages_total", actor_name="sync_student_payment", queue_name="sync-pembayaran"
+        ) >= 2
+
+    wait_until(consumed_both, timeout=30, what="both duplicates to be processed")
+
+    # Then nothing changed: no second store, no second count, no second upstream call
+    assert snapshot(clean, run["id"]) == before
+    metrics_after = requests.get(worker.metrics_url, timeout=5).text
+    for name, labels in [
+        ("antrian_sync_students_total", {"outcome": "success"}),
+        ("antrian_upstream_request_seconds_count", {"outcome": "ok"}),
+    ]:
+        assert metric(metrics_after, name, **labels) == metric(metrics_before, name, **labels) > 0
+    assert queue_depth("sync-pembayaran.XQ") == 0
+
+
+def test_concurrent_outcomes_for_one_student_count_once(clean, broker):
+    # Given a run with one pending student (no worker: we record outcomes ourselves)
+    seed_students(clean, 1)
+    run = start_run(clean, broker)
+    with clean.begin() as connection:
+        connection.execute(
+            text("INSERT INTO sync_items (run_id, idperson) VALUES (:run, :idperson)"),
+            {"run": run["id"], "idperson": idpersons(1)[0]},
+        )
+    sync = StudentSync(engine=clean, school_api=SchoolApi(base_url="http://127.0.0.1:1", token=None, timeout_s=1))
+
+    # When eight threads record its outcome at the same instant
+    barrier = threading.Barrier(8)
+    results = []
+
+    def record(n):
+        barrier.wait()
+        results.append(sync.record(idpersons(1)[0], run["id"], status="success", data={"n": n}))
+
+    threads = [threading.Thread(target=record, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then exactly one counted, and the run counts one student
+    assert sorted(results) == [False] * 7 + [True]
+    assert get_run(clean, run["id"])["processed"] == 1

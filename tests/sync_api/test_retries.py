@@ -1,0 +1,118 @@
+"""SPEC's retry policy through a real worker: 3 attempts for what can pass, none for what cannot."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pika
+import pytest
+from sqlalchemy import text
+
+from antrian.broker import make_broker
+from antrian.config import load_settings
+from antrian.demo import seed_students
+from antrian.sync_runs import get_run, start_run
+
+from ..support import BROKER_URL, DATABASE_URL, queue_depth, wait_until
+from .helpers import idpersons
+
+ALWAYS_503, RATE_LIMITED, NOT_FOUND, STATUS_FALSE, FLAKY, FINE = idpersons(6)
+
+
+class School(BaseHTTPRequestHandler):
+    """A school API with a scripted answer per student; remembers when each student was asked."""
+
+    protocol_version = "HTTP/1.1"
+    asked: dict[int, list[float]] = defaultdict(list)
+
+    def do_GET(self):  # noqa: N802
+        idperson = int(self.path.split("/")[2])
+        self.asked[idperson].append(time.monotonic())
+        attempt = len(self.asked[idperson])
+        if idperson == ALWAYS_503:
+            return self.answer(503, {"status": False, "message": "down"})
+        if idperson == RATE_LIMITED and attempt == 1:
+            return self.answer(429, {"status": False}, {"Retry-After": "2"})
+        if idperson == NOT_FOUND:
+            return self.answer(404, {"status": False, "message": "no such student"})
+        if idperson == STATUS_FALSE:
+            return self.answer(200, {"status": False, "message": "Siswa nonaktif"})
+        if idperson == FLAKY and attempt < 3:
+            return self.answer(502, {})
+        return self.answer(200, {"status": True, "data": {"idperson": idperson}})
+
+    def answer(self, status, body, headers=None):
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def school():
+    handler = type("Handler", (School,), {"asked": defaultdict(list)})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}", handler.asked
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def dead_letters() -> list[dict]:
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    channel = connection.channel()
+    found = []
+    while (delivery := channel.basic_get("sync-pembayaran.XQ", auto_ack=False))[0] is not None:
+        found.append(json.loads(delivery[2]))
+    connection.close()  # unacked: they stay dead-lettered
+    return found
+
+
+def test_each_failure_gets_the_attempts_spec_gives_it(clean, school, start_worker):
+    # Given six students whose school API answers differ
+    upstream, asked = school
+    seed_students(clean, 6)
+    start_worker(upstream, threads=4)
+    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+
+    # When they are synced
+    run = start_run(clean, broker)
+    broker.close()
+    wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=60, what="the run to finish")
+
+    # Then 5xx is tried three times and fails; 429 waits for Retry-After; 4xx and status false fail at once
+    assert len(asked[ALWAYS_503]) == 3
+    assert len(asked[RATE_LIMITED]) == 2
+    assert asked[RATE_LIMITED][1] - asked[RATE_LIMITED][0] >= 1.9
+    assert len(asked[NOT_FOUND]) == 1
+    assert len(asked[STATUS_FALSE]) == 1
+    assert len(asked[FLAKY]) == 3
+    assert len(asked[FINE]) == 1
+    with clean.connect() as connection:
+        items = {row.idperson: row for row in connection.execute(
+            text("SELECT idperson, status, error FROM sync_items WHERE run_id = :id"), {"id": run["id"]}
+        )}
+    assert items[ALWAYS_503].status == "failed" and items[ALWAYS_503].error == "HTTP 503 (after 3 attempts)"
+    assert items[NOT_FOUND].status == "failed" and "HTTP 404" in items[NOT_FOUND].error
+    assert items[STATUS_FALSE].status == "failed" and "Siswa nonaktif" in items[STATUS_FALSE].error
+    assert {items[i].status for i in (RATE_LIMITED, FLAKY, FINE)} == {"success"}
+    final = get_run(clean, run["id"])
+    assert (final["processed"], final["failed"], final["successCount"]) == (6, 3, 3)
+
+    # And the failed messages are kept, dead-lettered, once each
+    wait_until(lambda: queue_depth("sync-pembayaran.XQ") == 3, timeout=10, what="three dead letters")
+    kept = dead_letters()
+    assert sorted(m["args"][0] for m in kept) == sorted([ALWAYS_503, NOT_FOUND, STATUS_FALSE])
