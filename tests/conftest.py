@@ -49,7 +49,7 @@ def infrastructure() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def engine(infrastructure) -> Iterator[Engine]:
-    engine = create_engine(DATABASE_URL)
+    engine = create_engine(DATABASE_URL, pool_pre_ping=True)
     yield engine
     engine.dispose()
 

@@ -1,0 +1,62 @@
+"""A sync run survives its broker and its database restarting for real, mid-run, with exact counts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import replace
+
+import pytest
+
+from antrian.broker import make_broker
+from antrian.config import load_settings
+from antrian.demo import seed_students
+from antrian.sync_runs import get_run, start_run
+
+from ..support import BROKER_URL, DATABASE_URL, wait_until
+from .helpers import assert_exact_outcome, expected_failures
+
+PERMANENT = 0.02
+
+
+def restart_rabbitmq() -> None:
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=120, capture_output=True)
+    time.sleep(2)
+    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, timeout=120, capture_output=True)
+
+
+def restart_postgresql() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True, timeout=120, capture_output=True,
+    )
+
+
+def processed(engine, run_id) -> int:
+    try:
+        return get_run(engine, run_id)["processed"]
+    except Exception:  # noqa: BLE001 - the database is coming back
+        return 0
+
+
+@pytest.mark.parametrize("restart", [restart_rabbitmq, restart_postgresql], ids=["rabbitmq", "postgresql"])
+def test_a_run_survives_a_restart(clean, start_school_api, start_worker, restart):
+    # Given a run of 400 students going at a pace we can interrupt
+    seed_students(clean, 400)
+    worker = start_worker(start_school_api("--latency-ms", "50", "--permanent-rate", str(PERMANENT)), threads=4)
+    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    run = start_run(clean, broker)
+    broker.close()
+    wait_until(lambda: processed(clean, run["id"]) >= 60, timeout=60, what="60 students processed")
+
+    # When the server restarts under it
+    restart()
+    assert processed(clean, run["id"]) < 400, "the run finished before the restart; nothing was proven"
+
+    # Then the run finishes with exact counts, and the worker is still the same process
+    wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=180, interval=0.5, what="the run to finish")
+    assert_exact_outcome(clean, get_run(clean, run["id"]), 400, expected_failures(400, transient_rate=0, permanent_rate=PERMANENT))
+    assert worker.process.poll() is None
