@@ -147,3 +147,24 @@ def test_admin_page_asks_for_the_token(client):
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert client.get("/admin/sync-pembayaran").status_code == 200
     assert client.get("/admin/sync-pembayaran/progress").status_code == 200
+
+
+def test_a_start_while_the_broker_is_down_is_503_and_records_no_run(clean, auth):
+    # Given a database that works and a broker that cannot be reached
+    seed_students(clean, 5)
+    app = create_app(replace(SETTINGS, broker_url="amqp://guest:guest@127.0.0.1:1/"))
+    # When a run is asked for
+    response = app.test_client().post("/api/sync-runs", headers=auth)
+    # Then the answer says so and no run is left behind blocking the next one
+    assert response.status_code == 503
+    assert "broker" in response.get_json()["error"]
+    assert run_count(clean) == 0
+    close(app)
+
+
+def test_a_read_while_the_database_is_down_is_503(infrastructure, auth):
+    app = create_app(replace(SETTINGS, database_url="postgresql+psycopg://postgres@127.0.0.1:1/x"))
+    response = app.test_client().get("/api/sync-runs/1", headers=auth)
+    assert response.status_code == 503
+    assert "database" in response.get_json()["error"]
+    close(app)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+from dramatiq.errors import BrokerConnectionError
 from flask import Flask, jsonify, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import BadRequest, HTTPException
+
+logger = logging.getLogger(__name__)
 
 
 def error(status: int, message: str, **extra):
@@ -22,6 +28,16 @@ def init_app(app: Flask) -> None:
         if not _wants_json():
             return exc
         return error(exc.code or 500, _message(exc))
+
+    @app.errorhandler(OperationalError)
+    def database_down(exc: OperationalError):
+        logger.error("database unavailable: %s", exc.orig)
+        return error(503, "the database is unavailable; try again shortly")
+
+    @app.errorhandler(BrokerConnectionError)
+    def broker_down(exc: BrokerConnectionError):
+        logger.error("broker unavailable: %s", exc)
+        return error(503, "the message broker is unavailable; try again shortly")
 
 
 def _message(exc: HTTPException) -> str:

@@ -13,6 +13,21 @@ threads = 8
 timeout = 30
 graceful_timeout = 25
 accesslog = None
+# The control socket sits at one fixed path per user: two instances on a host would fight over it,
+# and a read-only root filesystem has nowhere to put it.
+control_socket_disable = True
+# gunicorn's own lines in the same JSON shape as the app's.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "antrian.logging.json_formatter", "service": "sync-api"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+    },
+}
 # Nothing that opens a connection is loaded before the fork (Dramatiq's broker is not process-safe).
 preload_app = False
 
