@@ -12,7 +12,15 @@ from sqlalchemy import Engine, create_engine, text
 from antrian.migrate import upgrade
 
 from .support import (
-    API_TOKEN, BIN, BROKER_URL, DATABASE_URL, TEST_DATABASE, TEST_VHOST, Service, base_env, free_port,
+    API_TOKEN,
+    BIN,
+    BROKER_URL,
+    DATABASE_URL,
+    TEST_DATABASE,
+    TEST_VHOST,
+    Service,
+    base_env,
+    free_port,
     purge_queues,
 )
 

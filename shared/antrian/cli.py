@@ -6,10 +6,10 @@ import json
 import time
 
 import click
-
 from sqlalchemy.exc import OperationalError
 
-from . import db, demo, migrate as schema, sync_runs
+from . import db, demo, sync_runs
+from . import migrate as schema
 from .errors import DependencyUnavailable, RunAlreadyRunning
 from .startup import guarded, settings_or_exit
 

@@ -29,7 +29,7 @@ def prepare_multiprocess_dir(service: str, port: int) -> str:
 
 def exposition() -> tuple[bytes, str]:
     """The current metrics of every process of this service, and their content type."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, REGISTRY, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

@@ -92,7 +92,8 @@ def test_a_crashed_fanout_resumes_from_its_cursor(clean, broker, monkeypatch):
     assert set(published) == set(idpersons(5000))
     assert len(published) == 5000 + 500
     with clean.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM sync_items WHERE run_id = :id"), {"id": run["id"]}).scalar() == 5000
+        items = connection.execute(text("SELECT count(*) FROM sync_items WHERE run_id = :id"), {"id": run["id"]})
+        assert items.scalar() == 5000
 
 
 def test_only_one_fanout_of_a_run_works_at_a_time(clean, broker):

@@ -58,5 +58,6 @@ def test_a_run_survives_a_restart(clean, start_school_api, start_worker, restart
 
     # Then the run finishes with exact counts, and the worker is still the same process
     wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=180, interval=0.5, what="the run to finish")
-    assert_exact_outcome(clean, get_run(clean, run["id"]), 400, expected_failures(400, transient_rate=0, permanent_rate=PERMANENT))
+    failures = expected_failures(400, transient_rate=0, permanent_rate=PERMANENT)
+    assert_exact_outcome(clean, get_run(clean, run["id"]), 400, failures)
     assert worker.process.poll() is None

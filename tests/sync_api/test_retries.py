@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import defaultdict
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pika
 import pytest
@@ -18,7 +17,7 @@ from antrian.config import load_settings
 from antrian.demo import seed_students
 from antrian.sync_runs import get_run, start_run
 
-from ..support import BROKER_URL, DATABASE_URL, queue_depth, wait_until
+from ..support import BROKER_URL, DATABASE_URL, queue_depth, send_json, serve, wait_until
 from .helpers import idpersons
 
 ALWAYS_503, RATE_LIMITED, NOT_FOUND, STATUS_FALSE, FLAKY, FINE = idpersons(6)
@@ -47,14 +46,7 @@ class School(BaseHTTPRequestHandler):
         return self.answer(200, {"status": True, "data": {"idperson": idperson}})
 
     def answer(self, status, body, headers=None):
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
+        send_json(self, status, body, headers)
 
     def log_message(self, *args):
         pass
@@ -63,10 +55,8 @@ class School(BaseHTTPRequestHandler):
 @pytest.fixture
 def school():
     handler = type("Handler", (School,), {"asked": defaultdict(list)})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}", handler.asked
+    httpd, url = serve(handler)
+    yield url, handler.asked
     httpd.shutdown()
     httpd.server_close()
 

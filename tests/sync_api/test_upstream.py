@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from sync_api.upstream import PermanentUpstreamError, SchoolApi, TransientUpstreamError
 
-from ..support import free_port
+from ..support import free_port, send_json, serve
 
 
 class Scripted(BaseHTTPRequestHandler):
@@ -25,13 +23,7 @@ class Scripted(BaseHTTPRequestHandler):
         self.seen.append((self.path, self.headers.get("Authorization")))
         status, body, headers, delay = self.script.pop(0)
         time.sleep(delay)
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
+        send_json(self, status, body, headers)
 
     def log_message(self, *args):
         pass
@@ -40,10 +32,7 @@ class Scripted(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     handler = type("Handler", (Scripted,), {"script": [], "seen": []})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd, _url = serve(handler)
     yield httpd, handler
     httpd.shutdown()
     httpd.server_close()

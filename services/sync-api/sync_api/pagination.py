@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import request
+
 from .errors import ClearBadRequest
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
