@@ -154,7 +154,7 @@ def test_admin_runs_a_sync_from_the_page_and_sees_it_finish(
     assert all(name.strip() for name in page.locator("#failures tr td:nth-child(2)").all_inner_texts())
 
     # And the page really showed the run live: "running" before "finished", the bar never going back
-    seen = page.evaluate("window.__seen"); print("SEEN", seen)
+    seen = page.evaluate("window.__seen")
     assert "running" in seen["state"], seen
     assert seen["state"][-1] == "finished"
     assert seen["state"].index("running") < len(seen["state"]) - 1

@@ -1,0 +1,153 @@
+"""The ``antrian`` command as a user runs it: a real subprocess, the test database and RabbitMQ vhost."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+
+from .support import BIN, ROOT, base_env, purge_queues
+from .sync_api.helpers import expected_failures
+
+ANTRIAN = str(BIN / "antrian")
+#: Seconds any one ``antrian`` call may take before the test gives up on it.
+CALL_TIMEOUT_S = 45
+
+
+def antrian(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``antrian ARGS`` with the tests' environment (plus ``env``); never raises on a non-zero exit."""
+    return subprocess.run(
+        [ANTRIAN, *args], env=base_env(**env), cwd=ROOT, capture_output=True, text=True, timeout=CALL_TIMEOUT_S
+    )
+
+
+def student_count(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT count(*) FROM students")).scalar_one()
+
+
+@pytest.fixture
+def leaves_nothing_running(clean: Engine) -> Iterator[Engine]:
+    """``clean``, and afterwards no run left "running" and no fan-out left queued for later tests."""
+    yield clean
+    purge_queues()
+    with clean.begin() as connection:
+        connection.execute(
+            text("UPDATE sync_runs SET status = 'finished', finished_at = now() WHERE status = 'running'")
+        )
+
+
+def test_seed_demo_adds_students_only_once(clean):
+    # Given an empty students table
+    assert student_count(clean) == 0
+
+    # When a user seeds 50 demo students
+    first = antrian("seed-demo", "--students", "50")
+
+    # Then 50 are added and said so
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "added 50 demo students"
+    assert student_count(clean) == 50
+
+    # When they run the same command again
+    second = antrian("seed-demo", "--students", "50")
+
+    # Then nothing is added twice
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "added 0 demo students"
+    assert student_count(clean) == 50
+
+
+def test_sync_start_wait_draws_a_bar_and_prints_the_finished_run(clean, start_school_api, start_worker):
+    # Given 50 students, a school API that refuses 10% of them for good, and a running sync-worker
+    assert antrian("seed-demo", "--students", "50").returncode == 0
+    failures = expected_failures(50, transient_rate=0, permanent_rate=0.10)
+    assert failures  # the exact failed count below means something
+    upstream = start_school_api("--permanent-rate", "0.10", "--latency-ms", "5")
+    start_worker(upstream, processes=1, threads=4)
+
+    # When the user starts a run and waits for it
+    result = antrian("sync", "start", "--wait")
+
+    # Then it exits 0, saying which run it started
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    started = re.fullmatch(r"sync run (\d+) started for 50 students", lines[0])
+    assert started, lines
+    run_id = int(started.group(1))
+
+    # And a progress bar (tqdm, on stderr) was drawn up to 50/50
+    frames = [frame.strip() for frame in re.split(r"[\r\n]+", result.stderr) if frame.strip()]
+    assert any(f"sync run {run_id}" in frame and "50/50" in frame for frame in frames), result.stderr
+    assert "Traceback" not in result.stderr
+
+    # And the last line is the finished run as JSON, with exact counts
+    assert len(lines) == 2, lines
+    run = json.loads(lines[-1])
+    assert run["id"] == run_id
+    assert run["status"] == "finished" and run["isRunning"] is False and run["finished_at"]
+    assert (run["total"], run["processed"], run["failed"]) == (50, 50, len(failures))
+    assert run["successCount"] == 50 - len(failures) and run["percent"] == 100.0
+
+
+def test_a_second_sync_start_while_one_runs_is_refused_in_one_line(leaves_nothing_running):
+    # Given some students and no sync-worker at all, so a run that starts stays running
+    assert antrian("seed-demo", "--students", "5").returncode == 0
+    first = antrian("sync", "start")
+    assert first.returncode == 0, first.stderr
+    run_id = int(re.fullmatch(r"sync run (\d+) started for 5 students\n", first.stdout).group(1))
+
+    # When the user starts another run
+    second = antrian("sync", "start")
+
+    # Then it is refused with a non-zero exit and one clear line naming the run still going
+    assert second.returncode != 0
+    assert second.stdout == ""
+    assert second.stderr.strip().splitlines() == [f"Error: sync run {run_id} is still running"]
+
+    # And the first run is untouched and no second run was recorded
+    with leaves_nothing_running.connect() as connection:
+        runs = connection.execute(text("SELECT id, status FROM sync_runs ORDER BY id")).all()
+    assert [tuple(r) for r in runs] == [(run_id, "running")]
+
+
+def test_migrate_applies_migrations_to_a_reachable_database(infrastructure):
+    # Given the (already migrated) test database
+    # When the user migrates it
+    result = antrian("migrate")
+
+    # Then it succeeds, once more, without complaint
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "migrations applied"
+    assert "Traceback" not in result.stderr
+
+
+def test_migrate_with_an_unreachable_database_says_so_in_one_line():
+    # Given a DATABASE_URL whose port nothing listens on
+    # When the user migrates
+    result = antrian("migrate", DATABASE_URL="postgresql://postgres@127.0.0.1:1/x")
+
+    # Then it exits 3 (unavailable) with one line naming the database, and no traceback
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("antrian migrate: cannot reach the database at ")
+    assert "127.0.0.1:1/x" in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_migrate_with_a_database_url_that_is_not_postgresql_names_the_variable():
+    # Given a DATABASE_URL of another database
+    # When the user migrates
+    result = antrian("migrate", DATABASE_URL="mysql://x")
+
+    # Then it exits 2 (configuration) with one line naming DATABASE_URL, and no traceback
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL" in lines[0] and "postgresql://" in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
