@@ -90,8 +90,8 @@ def _follow(engine, run_id: int) -> dict:
     with tqdm(total=run["total"], unit="student", desc=f"sync run {run_id}", dynamic_ncols=True) as bar:
         while True:
             bar.total = run["total"]
+            bar.set_postfix(failed=run["failed"], refresh=False)
             bar.update(run["processed"] - bar.n)
-            bar.set_postfix(failed=run["failed"], refresh=True)
             if not run["isRunning"]:
                 return run
             time.sleep(POLL_INTERVAL_S)

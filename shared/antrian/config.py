@@ -7,6 +7,7 @@ Every variable of SPEC's configuration table is parsed here; a wrong value raise
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -146,6 +147,11 @@ _PARSERS: dict[str, Any] = {
 }
 
 
+def _without_password(value: str) -> str:
+    """A value safe to print: a URL's password (``scheme://user:password@host``) becomes ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", value)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read every known variable from ``environ`` (default: the process environment)."""
     environ = os.environ if environ is None else environ
@@ -158,7 +164,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[item.name] = _PARSERS[item.name](raw)
         except ValueError as exc:
-            raise ConfigError(f"{variable}={raw!r} is not valid: {exc}") from None
+            raise ConfigError(f"{variable}={_without_password(raw)!r} is not valid: {exc}") from None
     if "log_level" in values:
         values["log_level"] = values["log_level"].upper()
     return Settings(**values)

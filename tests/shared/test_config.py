@@ -63,3 +63,11 @@ def test_a_wrong_value_names_its_variable(variable, value):
 def test_a_required_setting_names_its_variable():
     with pytest.raises(ConfigError, match="API_TOKEN is required"):
         load_settings({}).require("api_token")
+
+
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "BROKER_URL"])
+def test_a_wrong_url_is_named_without_its_password(variable):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({variable: "mysql://app:s3cret@db/x"})
+    assert "s3cret" not in str(caught.value)
+    assert "app:***@db" in str(caught.value)

@@ -168,3 +168,15 @@ def test_a_read_while_the_database_is_down_is_503(infrastructure, auth):
     assert response.status_code == 503
     assert "database" in response.get_json()["error"]
     close(app)
+
+
+def test_a_session_post_needs_the_script_header(client, clean):
+    # Given a signed-in admin session (a cookie a cross-site form could ride on)
+    seed_students(clean, 1)
+    client.post("/admin/login", data={"token": API_TOKEN})
+    # When the start is posted without the header the page's script sends
+    forged = client.post("/admin/sync-pembayaran/start")
+    # Then it is refused and nothing starts; with the header it works
+    assert forged.status_code == 403
+    assert run_count(clean) == 0
+    assert client.post("/admin/sync-pembayaran/start", headers={"X-Requested-With": "fetch"}).status_code == 202

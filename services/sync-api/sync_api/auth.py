@@ -26,10 +26,18 @@ def is_authenticated() -> bool:
     return token_is_valid(bearer_token()) or session.get("admin") is True
 
 
+#: Header the admin page's scripts send; a cross-site form cannot set it (defence beside SameSite=Strict).
+SCRIPT_HEADER = "X-Requested-With"
+
+
 def require_token():
     """``before_request`` hook for blueprints whose every route needs the token."""
-    if not is_authenticated():
+    if token_is_valid(bearer_token()):
+        return None
+    if session.get("admin") is not True:
         return error(401, "missing or wrong API token")
+    if request.method not in ("GET", "HEAD") and not request.headers.get(SCRIPT_HEADER):
+        return error(403, f"a session-authenticated {request.method} needs the {SCRIPT_HEADER} header")
     return None
 
 
