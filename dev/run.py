@@ -1,0 +1,250 @@
+"""``make run``: migrate, add demo data, then run every antrian service here in the foreground.
+
+Like honcho or foreman: each child's output lines carry its name, Ctrl-C (or SIGTERM) stops them
+all, and when one child dies the others are stopped and this exits non-zero, naming it.
+
+Every variable of SPEC's configuration is passed through from the environment. Besides those:
+  DEMO_DATA (default ``true``)         seed demo students into an empty database
+  DEV_SCHOOL_API_PORT (default 8081)   where the development school API listens; it is started
+                                       only when UPSTREAM_BASE_URL is unset
+  METRICS_PORT (default 9191)          sync-worker's metrics port; each further worker takes the
+                                       next port (offset), as SPEC's defaults 9191/9192/9193 do
+When API_TOKEN is unset a development token is generated and printed.
+
+Adding a service is one ``Child`` entry in ``CHILDREN``. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # .venv/bin: `make run` runs .venv/bin/python
+STOP_TIMEOUT_S = 25  # what a child gets between SIGTERM and SIGKILL
+READY_TIMEOUT_S = 90
+
+
+def upstream_unset(environ: Mapping[str, str]) -> bool:
+    return not environ.get("UPSTREAM_BASE_URL", "").strip()
+
+
+@dataclass(frozen=True)
+class Child:
+    """A process to run. ``argv`` and ``ready`` are filled in with ``{port}``, ``{dev_port}``, ``{metrics_port}``."""
+
+    name: str
+    argv: tuple[str, ...]  # argv[0] is a program in .venv/bin
+    condition: Callable[[Mapping[str, str]], bool] = lambda environ: True  # given the user's environment
+    ready: str | None = None  # a URL that answers 200 once the child is up
+    metrics_offset: int | None = None  # a worker: its METRICS_PORT is the base port plus this
+
+
+CHILDREN = [
+    Child("dev-school-api",
+          ("dev-school-api", "--port", "{dev_port}", "--latency-ms", "50", "--transient-rate", "0.1",
+           "--permanent-rate", "0.02"),
+          condition=upstream_unset, ready="http://127.0.0.1:{dev_port}/healthz"),
+    Child("sync-api", ("sync-api",), ready="http://127.0.0.1:{port}/healthz"),
+    Child("sync-worker", ("sync-worker", "--processes", "1", "--threads", "16"),
+          ready="http://127.0.0.1:{metrics_port}/metrics", metrics_offset=0),
+    # Next: mailer (metrics_offset=1), booking-expiry and its scheduler (2), a mail sink when SMTP_* are defaults.
+]
+
+
+@dataclass
+class Running:
+    child: Child
+    process: subprocess.Popen
+    reader: threading.Thread
+    ready_url: str | None
+    metrics_port: int | None
+
+
+class Signals:
+    """The first SIGINT/SIGTERM asks for a stop; a second one kills at once."""
+
+    stop = False
+    force = False
+
+    @classmethod
+    def handle(cls, signum, frame) -> None:
+        cls.force, cls.stop = cls.stop, True
+
+
+_print_lock = threading.Lock()
+WIDTH = max(len(child.name) for child in CHILDREN)
+
+
+def say(text: str, name: str = "run") -> None:
+    with _print_lock:
+        print(f"{name:<{WIDTH}} | {text}", flush=True)
+
+
+def port_from(environ: Mapping[str, str], variable: str, default: int) -> int:
+    raw = environ.get(variable, "").strip() or str(default)
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{variable}={raw!r} is not valid: must be a port number between 1 and 65535")
+    return int(raw)
+
+
+def demo_data(environ: Mapping[str, str]) -> bool:
+    raw = environ.get("DEMO_DATA", "true").strip().lower()
+    if raw not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
+        raise ValueError(f"DEMO_DATA={raw!r} is not valid: must be true or false")
+    return raw in {"1", "true", "yes", "on"}
+
+
+def spawn(argv: list[str], env: dict[str, str], **options) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / argv[0]), *argv[1:]], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **options)
+
+
+def step(*argv: str, env: dict[str, str]) -> int:
+    """Run a one-off command (migrate, seed); when it fails it has printed one line saying why."""
+    process = spawn(list(argv), env)
+    pump(argv[0], process.stdout)
+    return process.wait()
+
+
+def pump(name: str, stream) -> None:
+    for line in iter(stream.readline, b""):
+        say(line.decode(errors="replace").rstrip(), name)
+
+
+def start(child: Child, env: dict[str, str], ports: dict[str, int]) -> Running:
+    metrics_port = None if child.metrics_offset is None else ports["metrics_base"] + child.metrics_offset
+    values = {**ports, "metrics_port": metrics_port}
+    child_env = env if metrics_port is None else {**env, "METRICS_PORT": str(metrics_port)}
+    # A session (and process group) of its own: Ctrl-C reaches only us, and we stop each group whole.
+    process = spawn([arg.format(**values) for arg in child.argv], child_env, start_new_session=True)
+    reader = threading.Thread(target=pump, args=(child.name, process.stdout), daemon=True)
+    reader.start()
+    return Running(child, process, reader, child.ready and child.ready.format(**values), metrics_port)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def watch(running: list[Running], on_ready: Callable[[], None]) -> str | None:
+    """Until a stop is asked: call ``on_ready`` once every child answers; return why one died or never got ready."""
+    pending = [item for item in running if item.ready_url]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    announced = False
+    while not Signals.stop:
+        for item in running:
+            if item.process.poll() is not None:
+                return f"{item.child.name} exited unexpectedly with code {item.process.returncode}"
+        if not announced:
+            pending = [item for item in pending if not answers(item.ready_url)]
+            if not pending:
+                on_ready()
+                announced = True
+            elif time.monotonic() > deadline:
+                return f"not ready after {READY_TIMEOUT_S}s: {', '.join(item.child.name for item in pending)}"
+        time.sleep(0.25)
+    return None
+
+
+def signal_group(item: Running, signum: int) -> bool:
+    """Send ``signum`` to the child's whole process group (0: just look); False when none of it is left."""
+    item.process.poll()  # reap the leader, else it still counts as a member
+    try:
+        os.killpg(item.process.pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_all(running: list[Running]) -> None:
+    """Stop each child as Docker or Kubernetes would: SIGTERM to its main process, which stops its own
+    workers (a second SIGTERM straight to a Dramatiq worker process would kill it mid-message), then
+    wait up to STOP_TIMEOUT_S for its whole process group to end, and SIGKILL what is left."""
+    for item in running:
+        if item.process.poll() is None:
+            item.process.terminate()
+        else:  # the main process is gone already: whatever it left behind gets the SIGTERM
+            signal_group(item, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while any(signal_group(item, 0) for item in running) and time.monotonic() < deadline and not Signals.force:
+        time.sleep(0.1)
+    for item in running:
+        if signal_group(item, signal.SIGKILL):
+            say(f"{item.child.name} was still running: killed")
+    for item in running:
+        item.process.wait()
+        item.reader.join(timeout=2)
+
+
+def where_to_look(running: list[Running], env: dict[str, str], port: int, token_generated: bool) -> None:
+    base = f"http://127.0.0.1:{port}"
+    token = f"{env['API_TOKEN']}  (generated for this run)" if token_generated else "the one in your environment"
+    say("ready. Where to look:")
+    say(f"  admin page  {base}/admin/sync-pembayaran")
+    say(f"  API         {base}/api/  (Authorization: Bearer <API_TOKEN>)")
+    say(f"  API_TOKEN   {token}")
+    say(f"  metrics     {base}/metrics (sync-api)")
+    for item in running:
+        if item.metrics_port is not None:
+            say(f"              http://127.0.0.1:{item.metrics_port}/metrics ({item.child.name})")
+    say(f"  school API  {env['UPSTREAM_BASE_URL']}")
+    say("Ctrl-C stops everything.")
+
+
+def main() -> int:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, Signals.handle)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        ports = {"port": port_from(env, "PORT", 8000), "dev_port": port_from(env, "DEV_SCHOOL_API_PORT", 8081),
+                 "metrics_base": port_from(env, "METRICS_PORT", 9191)}
+        seed = demo_data(env)
+    except ValueError as exc:
+        say(str(exc))
+        return 2
+    children = [child for child in CHILDREN if child.condition(os.environ)]
+    token_generated = not env.get("API_TOKEN", "").strip()
+    if token_generated:
+        env["API_TOKEN"] = secrets.token_urlsafe(24)
+        say(f"API_TOKEN is unset: generated a development token: {env['API_TOKEN']}")
+    if upstream_unset(os.environ):
+        env["UPSTREAM_BASE_URL"] = f"http://127.0.0.1:{ports['dev_port']}"
+        say(f"UPSTREAM_BASE_URL is unset: the development school API stands in at {env['UPSTREAM_BASE_URL']}")
+    if code := step("antrian", "migrate", env=env):
+        return code
+    if seed and (code := step("antrian", "seed-demo", "--if-empty", env=env)):
+        return code
+    if Signals.stop:
+        return 0
+    running: list[Running] = []
+    problem = None
+    try:
+        for child in children:
+            running.append(start(child, env, ports))
+        say(f"started {', '.join(f'{item.child.name} (pid {item.process.pid})' for item in running)}")
+        problem = watch(running, lambda: where_to_look(running, env, ports["port"], token_generated))
+    except OSError as exc:  # a program missing from .venv/bin: run `make install`
+        problem = f"cannot start {children[len(running)].name}: {exc}"
+    finally:
+        say(f"{problem}; stopping the others" if problem else "stopping every service")
+        stop_all(running)
+    say("stopped")
+    return 1 if problem else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""``make run`` as a new user meets it: ``dev/run.py`` migrates, seeds, starts every service, says where to
+look, serves a whole demo sync run, and stops everything on Ctrl-C, SIGTERM or a dead service."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from antrian.demo import seed_students
+
+from .support import API_TOKEN, ROOT, base_env, free_port, wait_until
+
+READY = "Ctrl-C stops everything."
+
+
+def run_env(**overrides: str) -> dict[str, str]:
+    """The test database and vhost, and free ports so a developer's own ``make run`` is left alone."""
+    ports = {name: str(free_port()) for name in ("PORT", "METRICS_PORT", "DEV_SCHOOL_API_PORT")}
+    return base_env(**{**ports, "DEMO_DATA": "true", **overrides})
+
+
+def processes() -> list[tuple[int, int, int, str]]:
+    """(pid, ppid, pgid, state) of every process, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            state, ppid, pgid = stat[stat.rindex(")") + 2:].split()[:3]
+            found.append((int(entry.name), int(ppid), int(pgid), state))
+    return found
+
+
+def alive_in(groups: set[int]) -> list[int]:
+    return [pid for pid, _, pgid, state in processes() if pgid in groups and state != "Z"]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class DevRun:
+    """``.venv/bin/python dev/run.py`` in a session of its own, its output collected as it comes."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "dev" / "run.py")], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.groups = {self.process.pid}  # its children each lead a group of their own; added as seen
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def children(self) -> dict[int, str]:
+        """pid → command line of each child of dev/run.py."""
+        found = {}
+        for pid, ppid, _, _ in processes():
+            if ppid == self.process.pid:
+                try:
+                    found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    pass
+        self.groups |= set(found)
+        return found
+
+    def wait_ready(self, timeout: float = 90) -> str:
+        def ready():
+            if READY in self.output():
+                return True
+            if self.process.poll() is not None:
+                raise AssertionError(f"dev/run.py exited with {self.process.returncode}:\n{self.output()}")
+            return False
+
+        wait_until(ready, timeout=timeout, interval=0.2, what="dev/run.py to say it is ready")
+        self.children()
+        return self.output()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.env['PORT']}{path}"
+
+    def stop_and_check(self, signum: int) -> int:
+        """Send ``signum``; return the exit code once dev/run.py and every process of its children are gone."""
+        self.children()
+        os.kill(self.process.pid, signum)
+        code = self.process.wait(30)
+        wait_until(lambda: not alive_in(self.groups), timeout=5, what=f"every child gone: {alive_in(self.groups)}")
+        return code
+
+    def kill_everything(self) -> None:
+        if self.process.poll() is None:
+            self.children()
+        for group in self.groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(10)
+        self.reader.join(10)
+
+
+@pytest.fixture
+def dev_run(request):
+    """Start dev/run.py; whatever happens, nothing it started is left running afterwards."""
+    started: list[DevRun] = []
+
+    def start(env: dict[str, str]) -> DevRun:
+        started.append(DevRun(env))
+        return started[-1]
+
+    yield start
+    for run in started:
+        run.kill_everything()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for run in started:
+            sys.stderr.write(f"\n----- dev/run.py output -----\n{run.output()[-8000:]}\n")
+
+
+def test_on_an_empty_database_make_run_syncs_500_demo_students_and_ctrl_c_stops_everything(clean, dev_run):
+    # Given a new user's environment: no API_TOKEN, no UPSTREAM_BASE_URL, an empty database
+    env = run_env()
+    del env["API_TOKEN"]
+    run = dev_run(env)
+
+    # When make run is up, it has said where to look, with a generated token
+    out = run.wait_ready()
+    token = re.search(r"API_TOKEN\s+(\S+)\s+\(generated for this run\)", out).group(1)
+    port, worker_metrics = env["PORT"], env["METRICS_PORT"]
+    assert "migrations applied" in out and "added 500 demo students" in out
+    assert f"development school API stands in at http://127.0.0.1:{env['DEV_SCHOOL_API_PORT']}" in out
+    assert f"http://127.0.0.1:{port}/admin/sync-pembayaran" in out
+    assert f"http://127.0.0.1:{port}/metrics" in out and f"http://127.0.0.1:{worker_metrics}/metrics" in out
+    assert re.search(r"^sync-worker +\| ", out, re.MULTILINE), "child output is prefixed with its name"
+    assert requests.get(f"http://127.0.0.1:{env['DEV_SCHOOL_API_PORT']}/healthz", timeout=5).ok
+    assert requests.get(f"http://127.0.0.1:{worker_metrics}/metrics", timeout=5).ok
+    assert len(run.children()) == 3
+
+    # Then the printed token, and only it, opens the API, and a whole demo run goes through
+    wrong = {"Authorization": "Bearer wrong"}
+    assert requests.post(run.url("/api/sync-runs"), headers=wrong, timeout=5).status_code == 401
+    auth = {"Authorization": f"Bearer {token}"}
+    response = requests.post(run.url("/api/sync-runs"), headers=auth, timeout=5)
+    assert response.status_code == 202, response.text
+    assert response.json()["total"] == 500
+
+    def finished():
+        state = requests.get(run.url(f"/api/sync-runs/{response.json()['id']}"), headers=auth, timeout=5).json()
+        return state if not state["isRunning"] else None
+
+    state = wait_until(finished, timeout=120, interval=0.5, what="the demo sync run to finish")
+    assert state["processed"] == 500 and state["percent"] == 100.0
+    assert 0 < state["failed"] < 50, "the development school API refuses a few students, for the demo"
+    assert state["successCount"] == 500 - state["failed"]
+
+    # And Ctrl-C stops every service, gracefully, and exits 0
+    assert run.stop_and_check(signal.SIGINT) == 0
+    assert "Killing worker process" not in run.output(), "a Dramatiq worker process was killed, not stopped"
+    assert not listening(int(port)) and not listening(int(env["DEV_SCHOOL_API_PORT"]))
+
+
+def test_given_an_upstream_and_a_token_no_stand_in_starts_and_sigterm_stops_everything(
+    clean, dev_run, start_school_api
+):
+    # Given the user's own school API (it wants a token), API_TOKEN set, and no demo data
+    upstream = start_school_api("--token", "upstream-secret")
+    seed_students(clean, 20)
+    env = run_env(UPSTREAM_BASE_URL=upstream, UPSTREAM_TOKEN="upstream-secret", DEMO_DATA="false")
+    run = dev_run(env)
+
+    # When make run is up
+    out = run.wait_ready()
+
+    # Then no development school API was started, the token was not printed, and nothing was seeded
+    assert "stands in" not in out and "dev-school-api" not in out
+    assert not listening(int(env["DEV_SCHOOL_API_PORT"]))
+    assert len(run.children()) == 2
+    assert API_TOKEN not in out and "the one in your environment" in out
+    assert "demo students" not in out
+
+    # And a run goes through the given upstream with the given token
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    started = requests.post(run.url("/api/sync-runs"), headers=auth, timeout=5).json()
+    assert started["total"] == 20
+
+    def finished():
+        state = requests.get(run.url(f"/api/sync-runs/{started['id']}"), headers=auth, timeout=5).json()
+        return state if not state["isRunning"] else None
+
+    state = wait_until(finished, timeout=60, interval=0.25, what="the sync run to finish")
+    assert (state["processed"], state["failed"]) == (20, 0)
+
+    # And SIGTERM stops every service and exits 0
+    assert run.stop_and_check(signal.SIGTERM) == 0
+
+
+def test_when_a_service_dies_make_run_stops_the_others_and_says_which(clean, dev_run):
+    run = dev_run(run_env(DEMO_DATA="false"))
+    run.wait_ready()
+    worker = next(pid for pid, command in run.children().items() if "dramatiq" in command)
+
+    os.killpg(worker, signal.SIGKILL)
+
+    assert run.process.wait(40) != 0
+    wait_until(lambda: not alive_in(run.groups), timeout=5, what="every child gone")
+    assert re.search(r"sync-worker exited unexpectedly with code -9; stopping the others", run.output())
+
+
+def test_an_unreachable_database_stops_make_run_with_one_clear_line(dev_run):
+    env = run_env(DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/antrian_test")
+    run = dev_run(env)
+
+    assert run.process.wait(60) != 0
+    out = run.output()
+    assert re.search(r"antrian migrate: cannot reach the database at .*127\.0\.0\.1", out)
+    assert "Traceback" not in out and "started" not in out
+    assert run.children() == {}
+    with_text = [line for line in run.lines if "antrian" in line.split("|")[0]]
+    assert len(with_text) == 1, with_text
