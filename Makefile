@@ -25,6 +25,7 @@ run: install services ## Migrate, then run every service in the foreground (Ctrl
 
 test: install services ## Install what the tests need and run them all
 	@scripts/ensure-chromium.sh
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 bench: install services ## Run the benchmarks under bench/ and print their figures

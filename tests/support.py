@@ -132,15 +132,22 @@ class Service:
             self.process.wait(10)
 
     def stop(self, timeout: float = 30) -> None:
-        if not self.process or self.process.poll() is not None:
+        """SIGTERM the main process only, as Docker and Kubernetes do (Dramatiq forwards it to its
+        workers; a second SIGTERM would make them quit mid-message), then reap the whole group."""
+        if not self.process:
             return
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout)
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
+            pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self.process.poll() is None:
+            self.process.wait(10)
 
 
 def purge_queues(queues=SYNC_QUEUES) -> None:
