@@ -1,0 +1,222 @@
+"""``python -m bench``: run the benchmark parts against real processes and print their figures.
+
+Parts: (a) students/s vs a bare Dramatiq actor, with (d) worker memory sampled during (a);
+(b) wall time vs the latency bound; (c) POST latency and fan-out rate. The figures go to stdout
+as a table and to bench/results/latest.json; process logs to bench/results/logs/<time>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+import traceback
+
+from . import common, fanout, latency_bound, sync_throughput
+
+PARTS = ("a", "b", "c")
+#: Defaults of the full suite, and of ``--small`` (a quick check that everything works).
+FULL = {"a_students": 20_000, "a_processes": 2, "a_threads": 16,
+        "b_students": 6_102, "b_processes": 2, "b_threads": 32, "b_latency_ms": 400.0,
+        "c_students": 100_000, "c_samples": 9, "c_publish": 100_000}
+SMALL = {**FULL, "a_students": 2_000, "b_students": 610, "c_students": 10_000, "c_samples": 5, "c_publish": 10_000}
+
+
+class BenchTimeout(BaseException):
+    """Raised by the alarm when the whole suite overruns ``--max-seconds``: stops every part."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", type=lambda v: [p.strip() for p in v.split(",") if p.strip()], default=list(PARTS),
+                        help="parts to run, e.g. 'a' or 'a,c' (d is measured during a)")
+    parser.add_argument("--small", action="store_true", help="small sizes: a quick check, not figures to quote")
+    parser.add_argument("--max-seconds", type=int, default=1500, help="stop everything after this long")
+    for name, value in FULL.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None,
+                            help=f"default {value:g}" if isinstance(value, float) else f"default {value}")
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.only if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    preset = SMALL if args.small else FULL
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    common.set_log_dir(common.RESULTS_DIR / "logs" / stamp)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGALRM, lambda *_: _raise(BenchTimeout(f"the suite ran over {args.max_seconds}s")))
+    signal.alarm(args.max_seconds)
+    results = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "sizes": {name: getattr(args, name) for name in FULL},
+        "logs": str(common.RESULTS_DIR / "logs" / stamp),
+        "parts": {},
+    }
+    failed = False
+    try:
+        common.log("resetting database antrian_bench and vhost antrian_bench")
+        common.reset_database()
+        common.reset_vhost()
+        engine = common.make_engine()
+        for part in PARTS:
+            if part not in args.only:
+                continue
+            started = time.perf_counter()
+            try:
+                results["parts"][part] = _run_part(part, engine, args)
+            except Exception as exc:  # noqa: BLE001 - report it and go on with the next part
+                failed = True
+                traceback.print_exc()
+                results["parts"][part] = {"error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                common.stop_all()
+            results["parts"].setdefault(part, {})["elapsed_s"] = round(time.perf_counter() - started, 1)
+        engine.dispose()
+    except (BenchTimeout, KeyboardInterrupt, SystemExit) as exc:
+        failed = True
+        results["error"] = str(exc) if isinstance(exc, BenchTimeout) else f"interrupted ({type(exc).__name__})"
+        common.log(results["error"])
+    finally:
+        signal.alarm(0)
+        common.stop_all()
+        results["table"] = table_rows(results["parts"])
+        _write(results)
+    print_table(results)
+    return 1 if failed else 0
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+def _run_part(part: str, engine, args: argparse.Namespace) -> dict:
+    if part == "a":
+        return sync_throughput.run(engine, students=args.a_students, processes=args.a_processes,
+                                   threads=args.a_threads)
+    if part == "b":
+        return latency_bound.run(engine, students=args.b_students, processes=args.b_processes,
+                                 threads=args.b_threads, latency_ms=args.b_latency_ms)
+    return fanout.run(engine, students=args.c_students, samples=args.c_samples, publish=args.c_publish)
+
+
+def table_rows(parts: dict) -> list[dict]:
+    """The figures as rows: part, what, value, target, and whether the target is met (None: no target)."""
+    rows: list[dict] = []
+
+    def add(part, what, value, target="", ok=None):
+        rows.append({"part": part, "figure": what, "value": value, "target": target, "ok": ok})
+
+    for part, result in parts.items():
+        if "error" in result:
+            add(part, "FAILED", result["error"][:200])
+    a = parts.get("a", {})
+    if "antrian" in a:
+        an, bare = a["antrian"], a["bare"]
+        setup = f"{a['students']} students, {a['processes']}x{a['threads']}"
+        add("a", f"antrian end to end, POST->finished incl. fan-out ({setup})",
+            f"{an['rate_per_s']:.0f}/s ({an['wall_s']}s)")
+        add("a", "antrian processing window, 1st->last stored (fan-out overlaps)",
+            f"{an['window_rate_per_s']:.0f}/s ({an['window_s']}s)")
+        if an["fanout"]:
+            add("a", "  its fan-out (own log line, workers competing)",
+                f"{an['fanout']['rate_per_s']}/s ({an['fanout']['seconds']}s)")
+        up = a["upstream_latency"]
+        add("a", "  one upstream GET: kept-alive session / new connection",
+            f"{up['keep_alive_ms']} / {up['new_connection_ms']} ms")
+        add("a", "bare Dramatiq, 1st->last stored, enqueue excluded",
+            f"{bare['rate_per_s']:.0f}/s ({bare['window_s']}s)")
+        add("a", "ratio antrian end to end / bare", f"{a['ratio_end_to_end']:.2f}", ">= 0.70",
+            a["ratio_end_to_end"] >= 0.70)
+        add("a", "ratio antrian processing window / bare", f"{a['ratio_processing_window']:.2f}", "(info)")
+        add("a", "  machine CPU busy during antrian / bare (loadavg before)",
+            f"{an['machine_cpu_busy_percent']}% / {bare['machine_cpu_busy_percent']}%"
+            f" ({an['loadavg_1m_before']} / {bare['loadavg_1m_before']})")
+        for name, result in (("antrian", an), ("bare", bare)):
+            add("a", f"  CPU ms per student by process, {name}", _per_student(result["cpu_seconds"], a["students"]))
+            sessions = ", ".join(f"{what} {n}" for what, n in list(result["db_sessions"].items())[:3])
+            add("a", f"  mean busy DB sessions, {name}", sessions or "none")
+        for row in an["memory"]:
+            add("d", f"sync-worker {row['role']} (pid {row['pid']}) peak RSS / VmHWM",
+                f"{row['max_rss_mb']:.0f} / {row['hwm_mb']:.0f} MB", "< 150 MB", row["hwm_mb"] < 150)
+        for row in bare["memory"]:
+            add("d", f"bare dramatiq {row['role']} (pid {row['pid']}) peak RSS / VmHWM",
+                f"{row['max_rss_mb']:.0f} / {row['hwm_mb']:.0f} MB", "(info)")
+    b = parts.get("b", {})
+    if "ratio" in b:
+        add("b", f"{b['students']} students, {b['latency_ms']:g} ms upstream, C={b['processes']}x{b['threads']}:"
+                 " wall vs bound", f"{b['wall_s']}s vs {b['bound_s']}s")
+        add("b", "ratio wall / bound", f"{b['ratio']:.3f}", "<= 1.10", b["ratio"] <= 1.10)
+        up = b["upstream_latency"]
+        add("b", "  one upstream GET measured (kept-alive / new connection); bound with it",
+            f"{up['keep_alive_ms']} / {up['new_connection_ms']} ms; {b['measured_bound_s']}s")
+        sessions = ", ".join(f"{what} {n}" for what, n in list(b["db_sessions"].items())[:3])
+        add("b", "  mean busy DB sessions", sessions or "none")
+        add("b", "  machine CPU busy (loadavg before)", f"{b['machine_cpu_busy_percent']}% ({b['loadavg_1m_before']})")
+        add("b", "  CPU ms per student by process", _per_student(b["cpu_seconds"], b["students"]))
+    c = parts.get("c", {})
+    if "post" in c:
+        post = c["post"]
+        add("c", f"POST /api/sync-runs, {c['students']} students, median of {len(post['samples_ms'])}",
+            f"{post['median_ms']:.1f} ms", "< 100 ms", post["median_ms"] < 100)
+        add("c", "  slowest / first sample; snapshot query alone",
+            f"{post['max_ms']:.1f} / {post['first_ms']:.1f} ms; {c['snapshot_query_ms']} ms")
+        fo = c["fanout"]
+        add("c", "fan-out confirmed messages/s (own log line, worker 1x1)",
+            f"{fo['rate_per_s']}/s ({fo['messages']} in {fo['seconds']}s)", ">= 10000/s", fo["rate_per_s"] >= 10_000)
+        add("c", "  POST -> fanout_done observed", f"{fo['post_to_fanout_done_rate_per_s']:.0f}/s"
+            f" ({fo['post_to_fanout_done_s']}s)")
+        add("c", "  CPU ms per 1,000 messages by process; machine busy",
+            _per_student(fo["cpu_seconds"], fo["messages"] / 1000) + f"; {fo['machine_cpu_busy_percent']}%")
+        raw = c["raw_publisher"]
+        add("c", f"raw ConfirmedPublisher, {raw['messages']} messages to a scratch queue",
+            f"{raw['rate_per_s']:.0f}/s ({raw['seconds']}s)", "(reference)")
+        add("c", "  CPU ms per 1,000 messages by process; machine busy",
+            _per_student(raw["cpu_seconds"], raw["messages"] / 1000) + f"; {raw['machine_cpu_busy_percent']}%")
+    return rows
+
+
+def _per_student(cpu_seconds: dict[str, float], students: int) -> str:
+    return ", ".join(f"{who} {seconds * 1000 / students:.1f}" for who, seconds in cpu_seconds.items())
+
+
+def print_table(results: dict) -> None:
+    rows = results["table"]
+    print()
+    print(f"antrian benchmarks - {results['started_at']} - {results['host']['cpus']} CPUs - {results['command']}")
+    if not rows:
+        print("no figures")
+    width = max([len(r["figure"]) for r in rows] + [10])
+    value_width = max([len(str(r["value"])) for r in rows if r["target"]] + [5])
+    for row in rows:
+        ok = {True: "ok", False: "MISSED", None: ""}[row["ok"]]
+        line = f"({row['part']}) {row['figure']:<{width}}  {str(row['value']):<{value_width}}  {row['target']:<10} {ok}"
+        print(line.rstrip())
+    print("(a) antrian is timed as a user gets it: from POST until 'finished', its fan-out included.")
+    print("(a) bare is timed without enqueueing: all messages were enqueued first, then workers started;")
+    print("    its rate spans its first to its last stored student (database timestamps).")
+    if "error" in results:
+        print(f"ABORTED: {results['error']}")
+    print(f"figures: {common.RESULTS_DIR / 'latest.json'}   logs: {results['logs']}")
+
+
+def _write(results: dict) -> None:
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = common.RESULTS_DIR / "latest.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""What every benchmark part shares: the bench database and vhost, real processes, polling and memory sampling.
+
+Everything here talks to 127.0.0.1 only and every process it starts is registered, so that
+:func:`stop_all` can end them all (whole process groups) even when a part fails half-way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pika
+import requests
+from sqlalchemy import Engine, create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS_DIR = ROOT / "bench" / "results"
+
+DATABASE = "antrian_bench"
+DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+ADMIN_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+VHOST = "antrian_bench"
+BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+API_TOKEN = "bench-token-0123456789"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+SYNC_QUEUES = ("sync-pembayaran", "sync-pembayaran.DQ", "sync-pembayaran.XQ")
+
+#: Where this invocation's process logs go (set by :func:`set_log_dir`).
+_log_dir: Path = RESULTS_DIR / "logs"
+#: Every process started and not yet stopped, so that :func:`stop_all` can end it.
+_running: list[Service] = []
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, so stdout keeps only the results table."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def set_log_dir(path: Path) -> None:
+    global _log_dir
+    path.mkdir(parents=True, exist_ok=True)
+    _log_dir = path
+
+
+# --------------------------------------------------------------------------- infrastructure
+
+
+def reset_database() -> None:
+    """Drop and create ``antrian_bench``, then migrate it with the product's own migrations."""
+    from antrian.migrate import upgrade
+
+    admin = create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+            connection.execute(text(f"CREATE DATABASE {DATABASE}"))
+    finally:
+        admin.dispose()
+    upgrade(DATABASE_URL)
+
+
+def reset_vhost() -> None:
+    """Delete and create the ``antrian_bench`` vhost, so no queue of dev or test data is touched."""
+    for args in (
+        ("delete_vhost", VHOST),
+        ("add_vhost", VHOST),
+        ("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"),
+    ):
+        result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0 and args[0] != "delete_vhost":
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+def make_engine() -> Engine:
+    return create_engine(DATABASE_URL, pool_size=2, max_overflow=2)
+
+
+def clear_data(engine: Engine) -> None:
+    """Empty every table and the sync queues: each part starts from nothing."""
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE students, sync_runs, sync_items RESTART IDENTITY CASCADE"))
+    purge_queues(SYNC_QUEUES)
+
+
+def seed(engine: Engine, count: int) -> None:
+    """``count`` demo students, inserted by the product's own seeding, then VACUUM ANALYZE."""
+    from antrian.demo import seed_students
+
+    started = time.perf_counter()
+    added = seed_students(engine, count)
+    if added != count:
+        raise RuntimeError(f"seeded {added} students instead of {count}")
+    vacuum(engine, "students")
+    log(f"seeded {count} students in {time.perf_counter() - started:.1f}s")
+
+
+def vacuum(engine: Engine, *tables: str) -> None:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        for table in tables:
+            connection.execute(text(f"VACUUM ANALYZE {table}"))
+
+
+def amqp_connection() -> pika.BlockingConnection:
+    parameters = pika.URLParameters(BROKER_URL)
+    parameters.socket_timeout = 10
+    parameters.blocked_connection_timeout = 30
+    return pika.BlockingConnection(parameters)
+
+
+def purge_queues(queues) -> None:
+    connection = amqp_connection()
+    try:
+        for queue in queues:
+            channel = connection.channel()
+            try:
+                channel.queue_purge(queue)
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # not declared (yet)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def delete_queues(queues) -> None:
+    connection = amqp_connection()
+    try:
+        for queue in queues:
+            connection.channel().queue_delete(queue)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def queue_depth(queue: str) -> int:
+    connection = amqp_connection()
+    try:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str):
+    """Poll ``condition`` until it returns something truthy; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """The environment of every process: bench database and vhost, loopback only, quiet logs."""
+    env = {k: v for k, v in os.environ.items() if k not in {"UPSTREAM_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
+    env.update(
+        DATABASE_URL=DATABASE_URL,
+        BROKER_URL=BROKER_URL,
+        API_TOKEN=API_TOKEN,
+        PYTHONUNBUFFERED="1",
+        PROMETHEUS_MULTIPROC_BASE=str(_log_dir),
+        dramatiq_prom_host="127.0.0.1",
+        LOG_LEVEL="info",
+    )
+    env.update(overrides)
+    return env
+
+
+class Service:
+    """A real process in its own process group, its output in a log file; registered until stopped."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], ready_url: str | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.ready_url = ready_url
+        self.log_path = _log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self, timeout: float = 60) -> Service:
+        with open(self.log_path, "ab") as output:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        _running.append(self)
+        if self.ready_url:
+            wait_until(self._ready, timeout=timeout, what=f"{self.name} at {self.ready_url}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+        return http_ok(self.ready_url)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM the whole group, SIGKILL it after ``timeout`` seconds."""
+        if self in _running:
+            _running.remove(self)
+        if not self.process or self.process.poll() is not None:
+            _killpg(self.process, signal.SIGKILL)  # children may outlive their leader
+            return
+        _killpg(self.process, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} did not stop within {timeout:.0f}s; killing it")
+        _killpg(self.process, signal.SIGKILL)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the bench itself dies (even by SIGKILL), so nothing is left."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _killpg(process: subprocess.Popen | None, sig: int) -> None:
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def running() -> list[Service]:
+    """The processes started and not stopped yet."""
+    return list(_running)
+
+
+def stop_all() -> None:
+    """Stop every process still registered (newest first); safe to call more than once."""
+    for service in reversed(list(_running)):
+        try:
+            service.stop(timeout=10)
+        except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            log(f"could not stop {service.name}: {exc}")
+
+
+def start_school_api(*, latency_ms: float = 0) -> str:
+    """The development school API (no failures), optionally slow; returns its base URL."""
+    port = free_port()
+    Service(
+        f"dev-school-api-{port}",
+        [str(BIN / "dev-school-api"), "--host", "127.0.0.1", "--port", str(port), "--latency-ms", str(latency_ms)],
+        base_env(),
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+    ).start()
+    return f"http://127.0.0.1:{port}"
+
+
+def start_sync_worker(upstream: str, *, processes: int, threads: int) -> Service:
+    """The real ``sync-worker`` (Dramatiq); ready once its metrics answer (after its workers booted)."""
+    port = free_port()
+    return Service(
+        f"sync-worker-{port}",
+        [str(BIN / "sync-worker"), "--processes", str(processes), "--threads", str(threads)],
+        base_env(UPSTREAM_BASE_URL=upstream, METRICS_PORT=str(port)),
+        ready_url=f"http://127.0.0.1:{port}/metrics",
+    ).start(timeout=90)
+
+
+def start_sync_api() -> str:
+    """The real ``sync-api`` (gunicorn, its own default workers and threads); returns its base URL."""
+    port = free_port()
+    Service(
+        f"sync-api-{port}", [str(BIN / "sync-api")], base_env(PORT=str(port)),
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+    ).start()
+    return f"http://127.0.0.1:{port}"
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def post_sync_run(web: str) -> tuple[int, float]:
+    """POST /api/sync-runs; return the new run's id and the request's latency in seconds."""
+    started = time.perf_counter()
+    response = requests.post(f"{web}/api/sync-runs", headers=AUTH, timeout=30)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 202:
+        raise RuntimeError(f"POST /api/sync-runs answered {response.status_code}: {response.text[:300]}")
+    return response.json()["id"], elapsed
+
+
+def run_row(engine: Engine, run_id: int):
+    with engine.connect() as connection:
+        return connection.execute(
+            text(
+                """SELECT id, status, total, processed, failed, fanout_done, started_at, finished_at,
+                          extract(epoch FROM finished_at - started_at) AS seconds
+                   FROM sync_runs WHERE id = :id"""
+            ),
+            {"id": run_id},
+        ).one()
+
+
+def wait_for_run(engine: Engine, run_id: int, *, timeout: float, field: str = "finished"):
+    """Poll the run's row every 0.1 s until it is finished (or its fan-out done); return the row."""
+
+    def done():
+        row = run_row(engine, run_id)
+        return row if (row.status == "finished" if field == "finished" else row.fanout_done) else None
+
+    return wait_until(done, timeout=timeout, interval=0.1, what=f"sync run {run_id} ({field})")
+
+
+def synced_window(engine: Engine):
+    """How many students have a pembayaran, and the first and last moment one was stored."""
+    with engine.connect() as connection:
+        return connection.execute(
+            text(
+                """SELECT count(*) AS synced,
+                          extract(epoch FROM max(pembayaran_synced_at) - min(pembayaran_synced_at)) AS seconds
+                   FROM students WHERE pembayaran_synced_at IS NOT NULL"""
+            )
+        ).one()
+
+
+_FANOUT_LINE = re.compile(r"sync run (\d+) fanned out: (\d+) messages in ([\d.]+)s \((\d+)/s\)")
+
+
+def fanout_lines(service: Service) -> list[dict]:
+    """The fan-out's own log lines ("sync run N fanned out: M messages in Xs (R/s)") from a worker's log."""
+    found = []
+    for line in service.log().splitlines():
+        try:
+            message = json.loads(line).get("message", "")
+        except (ValueError, AttributeError):
+            continue
+        match = _FANOUT_LINE.search(message)
+        if match:
+            run_id, messages, seconds, rate = match.groups()
+            found.append({"run_id": int(run_id), "messages": int(messages), "seconds": float(seconds),
+                          "rate_per_s": int(rate)})
+    return found
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
