@@ -19,14 +19,23 @@ T = TypeVar("T")
 RECONNECT_WINDOW_S = 30.0
 
 
-def make_engine(database_url: str, *, pool_size: int = 5, max_overflow: int = 30) -> Engine:
-    """An engine whose pool checks connections before use, so a restarted database is survived."""
+def make_engine(
+    database_url: str, *, pool_size: int = 5, max_overflow: int = 30, autocommit: bool = False
+) -> Engine:
+    """An engine for one process.
+
+    By default its pool checks each connection before use, so a restarted database costs no
+    request. With ``autocommit`` every statement is its own transaction (no BEGIN/COMMIT round
+    trips) and there is no check: hot paths write in single statements inside
+    :func:`retry_on_disconnect`, which survives the restart instead.
+    """
     return create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=not autocommit,
         pool_recycle=1800,
+        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
         connect_args={"connect_timeout": 5, "application_name": "antrian"},
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, Text, func, text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, SmallInteger, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -31,7 +31,8 @@ class SyncRun(Base):
     """One sync of every student's pembayaran.
 
     ``total`` is the number of students when the run started until the fan-out has recorded
-    every item, then the exact number of items. The run finishes when ``processed`` reaches it.
+    every item, then the exact number of items. The run finishes when the processed count of
+    its :class:`SyncRunCount` shards reaches it.
     """
 
     __tablename__ = "sync_runs"
@@ -43,8 +44,6 @@ class SyncRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(Text, server_default="running")
     total: Mapped[int] = mapped_column(Integer, server_default="0")
-    processed: Mapped[int] = mapped_column(Integer, server_default="0")
-    failed: Mapped[int] = mapped_column(Integer, server_default="0")
     #: Students with ``id`` up to this one belong to the run (the snapshot taken at start).
     last_student_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
     #: The fan-out has published every student up to this ``students.id``.
@@ -52,6 +51,20 @@ class SyncRun(Base):
     fanout_done: Mapped[bool] = mapped_column(server_default="false")
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
+
+
+class SyncRunCount(Base):
+    """A run's counts, split over shards so that concurrent outcomes do not queue on one row lock.
+
+    Every outcome adds to one shard (``idperson % SHARDS``); a run's count is the sum of its shards.
+    """
+
+    __tablename__ = "sync_run_counts"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    processed: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class SyncItem(Base):

@@ -6,13 +6,32 @@ from datetime import datetime
 from typing import Any
 
 import dramatiq
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from .errors import RunAlreadyRunning
 from .messages import FAN_OUT_SYNC_RUN
 
-_RUN_COLUMNS = "id, status, total, processed, failed, started_at, finished_at"
+#: Shards of a run's counts (see :class:`antrian.models.SyncRunCount`); an outcome goes to ``idperson % SHARDS``.
+SHARDS = 64
+
+_RUN_COLUMNS = "id, status, total, started_at, finished_at"
+_RUN_WITH_COUNTS = """
+    SELECT r.id, r.status, r.total, r.started_at, r.finished_at,
+           coalesce(sum(c.processed), 0) AS processed, coalesce(sum(c.failed), 0) AS failed
+    FROM sync_runs r LEFT JOIN sync_run_counts c ON c.run_id = r.id
+    WHERE {where} GROUP BY r.id"""
+_CREATE_SHARDS = text(
+    "INSERT INTO sync_run_counts (run_id, shard) SELECT :run_id, shard FROM generate_series(0, :last) AS shard"
+)
+# Finishes the run when every student has an outcome. Run it after the outcome's commit: the last
+# of two concurrent outcomes then sees both, and the row lock lets only one of them finish it.
+_FINISH_IF_COMPLETE = text(
+    """UPDATE sync_runs SET status = 'finished', finished_at = now()
+       WHERE id = :run_id AND status = 'running' AND fanout_done
+         AND total <= (SELECT coalesce(sum(processed), 0) FROM sync_run_counts WHERE run_id = :run_id)
+       RETURNING id"""
+)
 
 
 def start_run(engine: Engine, broker: dramatiq.Broker) -> dict[str, Any]:
@@ -28,9 +47,10 @@ def start_run(engine: Engine, broker: dramatiq.Broker) -> dict[str, Any]:
                 text(
                     f"""INSERT INTO sync_runs (total, last_student_id)
                         SELECT count(*), coalesce(max(id), 0) FROM students
-                        RETURNING {_RUN_COLUMNS}"""
+                        RETURNING {_RUN_COLUMNS}, 0 AS processed, 0 AS failed"""
                 )
             ).one()
+            connection.execute(_CREATE_SHARDS, {"run_id": row.id, "last": SHARDS - 1})
             FAN_OUT_SYNC_RUN.send(broker, row.id)
     except IntegrityError as exc:
         if "sync_runs_one_running" not in str(exc.orig):
@@ -42,18 +62,21 @@ def start_run(engine: Engine, broker: dramatiq.Broker) -> dict[str, Any]:
 
 def get_run(engine: Engine, run_id: int) -> dict[str, Any] | None:
     with engine.connect() as connection:
-        row = connection.execute(
-            text(f"SELECT {_RUN_COLUMNS} FROM sync_runs WHERE id = :id"), {"id": run_id}
-        ).one_or_none()
+        row = connection.execute(text(_RUN_WITH_COUNTS.format(where="r.id = :id")), {"id": run_id}).one_or_none()
     return None if row is None else _present(row._mapping)
 
 
 def latest_run(engine: Engine) -> dict[str, Any] | None:
     with engine.connect() as connection:
         row = connection.execute(
-            text(f"SELECT {_RUN_COLUMNS} FROM sync_runs ORDER BY id DESC LIMIT 1")
+            text(_RUN_WITH_COUNTS.format(where="r.id = (SELECT max(id) FROM sync_runs)"))
         ).one_or_none()
     return None if row is None else _present(row._mapping)
+
+
+def finish_if_complete(connection: Connection, run_id: int) -> bool:
+    """Mark the run finished if its last student has an outcome; True if this call finished it."""
+    return connection.execute(_FINISH_IF_COMPLETE, {"run_id": run_id}).first() is not None
 
 
 def list_failures(engine: Engine, run_id: int, *, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from antrian.broker import make_broker
 from antrian.config import load_settings
+from antrian.db import make_engine
 from antrian.demo import seed_students
 from antrian.messages import SYNC_STUDENT_PAYMENT
 from antrian.sync_runs import get_run, start_run
@@ -91,7 +92,8 @@ def test_concurrent_outcomes_for_one_student_count_once(clean, broker):
             text("INSERT INTO sync_items (run_id, idperson) VALUES (:run, :idperson)"),
             {"run": run["id"], "idperson": idpersons(1)[0]},
         )
-    sync = StudentSync(engine=clean, school_api=SchoolApi(base_url="http://127.0.0.1:1", token=None, timeout_s=1))
+    engine = make_engine(DATABASE_URL, autocommit=True)
+    sync = StudentSync(engine=engine, school_api=SchoolApi(base_url="http://127.0.0.1:1", token=None, timeout_s=1))
 
     # When eight threads record its outcome at the same instant
     barrier = threading.Barrier(8)
@@ -108,5 +110,6 @@ def test_concurrent_outcomes_for_one_student_count_once(clean, broker):
         thread.join()
 
     # Then exactly one counted, and the run counts one student
+    engine.dispose()
     assert sorted(results) == [False] * 7 + [True]
     assert get_run(clean, run["id"])["processed"] == 1

@@ -45,7 +45,7 @@ _runtime: _Runtime | None = None
 def configure(settings: Settings) -> None:
     """Build this process's engine and upstream client from ``settings``."""
     global _runtime
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, autocommit=True)
     school_api = SchoolApi(
         base_url=settings.require("upstream_base_url"),
         token=settings.upstream_token,

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from antrian.messages import SYNC_QUEUE, SYNC_STUDENT_PAYMENT
 from antrian.publisher import ConfirmedPublisher
+from antrian.sync_runs import finish_if_complete
 
 from . import worker_metrics
 
@@ -38,15 +39,11 @@ _NEXT_BATCH = text(
        )
        SELECT id, idperson FROM batch ORDER BY id"""
 )
-_FINISH = text(
-    """WITH counted AS (SELECT count(*) AS total FROM sync_items WHERE run_id = :run_id)
-       UPDATE sync_runs SET
-           fanout_done = true,
-           total = counted.total,
-           status = CASE WHEN processed >= counted.total THEN 'finished' ELSE status END,
-           finished_at = CASE WHEN processed >= counted.total THEN now() ELSE finished_at END
-       FROM counted WHERE id = :run_id
-       RETURNING sync_runs.total, sync_runs.status"""
+# The run's total becomes the exact number of its items (students deleted since the start drop out).
+_FANOUT_DONE = text(
+    """UPDATE sync_runs SET fanout_done = true,
+           total = (SELECT count(*) FROM sync_items WHERE run_id = :run_id)
+       WHERE id = :run_id RETURNING total"""
 )
 
 
@@ -97,11 +94,13 @@ def _fan_out_locked(engine: Engine, run_id: int, publisher_factory: Callable[[],
             published += len(batch)
             worker_metrics.FANOUT_MESSAGES.inc(len(batch))
     with engine.begin() as connection:
-        total, status = connection.execute(_FINISH, {"run_id": run_id}).one()
+        total = connection.execute(_FANOUT_DONE, {"run_id": run_id}).scalar_one()
+    with engine.begin() as connection:
+        finished = finish_if_complete(connection, run_id)
     elapsed = time.perf_counter() - started
     logger.info(
-        "sync run %s fanned out: %s messages in %.2fs (%.0f/s); %s students in all, run %s",
-        run_id, published, elapsed, published / elapsed if elapsed else 0, total, status,
+        "sync run %s fanned out: %s messages in %.2fs (%.0f/s); %s students in all%s",
+        run_id, published, elapsed, published / elapsed if elapsed else 0, total, ", run finished" if finished else "",
     )
 
 

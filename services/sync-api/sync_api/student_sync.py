@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from antrian.db import retry_on_disconnect
+from antrian.sync_runs import SHARDS, finish_if_complete
 
 from . import worker_metrics
 from .upstream import PermanentUpstreamError, SchoolApi, TransientUpstreamError
@@ -26,8 +27,9 @@ _ITEM_STATE = text(
        WHERE i.run_id = :run_id AND i.idperson = :idperson"""
 )
 
-# One round trip: the item leaves 'pending' (or nothing happens), the student's pembayaran is
-# stored on success, and the run counts the outcome, finishing when it was the last one.
+# One statement, so one transaction and one round trip: the item leaves 'pending' (or nothing
+# happens), the student's pembayaran is stored on success, and one shard of the run's counts
+# counts the outcome. Shards keep concurrent outcomes from queueing on a single row lock.
 _RECORD_OUTCOME = text(
     """WITH item AS (
            UPDATE sync_items SET status = :status, error = :error, finished_at = now()
@@ -36,16 +38,13 @@ _RECORD_OUTCOME = text(
        ), student AS (
            UPDATE students SET pembayaran = CAST(:data AS jsonb), pembayaran_synced_at = now()
            WHERE :status = 'success' AND idperson = (SELECT idperson FROM item)
-       ), run AS (
-           UPDATE sync_runs SET
+       ), counts AS (
+           UPDATE sync_run_counts SET
                processed = processed + 1,
-               failed = failed + CASE WHEN :status = 'failed' THEN 1 ELSE 0 END,
-               status = CASE WHEN fanout_done AND processed + 1 >= total THEN 'finished' ELSE status END,
-               finished_at = CASE WHEN fanout_done AND processed + 1 >= total THEN now() ELSE finished_at END
-           WHERE id = :run_id AND EXISTS (SELECT 1 FROM item)
-           RETURNING status
+               failed = failed + CASE WHEN :status = 'failed' THEN 1 ELSE 0 END
+           WHERE run_id = :run_id AND shard = :shard AND EXISTS (SELECT 1 FROM item)
        )
-       SELECT (SELECT count(*) FROM item) AS counted, (SELECT status FROM run) AS run_status"""
+       SELECT count(*) FROM item"""
 )
 
 
@@ -57,7 +56,7 @@ class StudentSync:
     """Syncs students for runs.
 
     Parameters:
-      engine(Engine): the database.
+      engine(Engine): the database, in autocommit mode (each statement is its own transaction).
       school_api(SchoolApi): the upstream client.
     """
 
@@ -101,23 +100,26 @@ class StudentSync:
     def record(self, idperson: int, run_id: int, *, status: str, data: Any = None, error: str | None = None) -> bool:
         """Record the student's final outcome; False when it had one already (nothing changes then)."""
 
-        def work() -> Any:
-            with self.engine.begin() as connection:
-                return connection.execute(
+        def work() -> tuple[bool, bool]:
+            with self.engine.connect() as connection:
+                counted = connection.execute(
                     _RECORD_OUTCOME,
                     {
                         "run_id": run_id,
                         "idperson": idperson,
+                        "shard": idperson % SHARDS,
                         "status": status,
                         "error": error,
                         "data": json.dumps(data) if status == "success" else None,
                     },
-                ).one()
+                ).scalar_one()
+                # Checked even when nothing was counted: a first try may have committed the
+                # last outcome and then lost its connection before finishing the run.
+                return bool(counted), finish_if_complete(connection, run_id)
 
-        row = retry_on_disconnect(work)
-        if not row.counted:
-            return False
-        worker_metrics.STUDENTS.labels(status).inc()
-        if row.run_status == "finished":
+        counted, finished = retry_on_disconnect(work)
+        if counted:
+            worker_metrics.STUDENTS.labels(status).inc()
+        if finished:
             logger.info("sync run %s finished", run_id)
-        return True
+        return counted

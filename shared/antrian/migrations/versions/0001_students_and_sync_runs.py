@@ -32,8 +32,6 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("status", sa.Text, nullable=False, server_default="running"),
         sa.Column("total", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("processed", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
         sa.Column("last_student_id", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("fanout_cursor", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("fanout_done", sa.Boolean, nullable=False, server_default=sa.false()),
@@ -44,6 +42,13 @@ def upgrade() -> None:
     op.create_index(
         "sync_runs_one_running", "sync_runs", [sa.text("(true)")], unique=True,
         postgresql_where=sa.text("status = 'running'"),
+    )
+    op.create_table(
+        "sync_run_counts",
+        sa.Column("run_id", sa.Integer, sa.ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("shard", sa.SmallInteger, primary_key=True),
+        sa.Column("processed", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
     )
     op.create_table(
         "sync_items",
@@ -59,5 +64,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("sync_items")
+    op.drop_table("sync_run_counts")
     op.drop_table("sync_runs")
     op.drop_table("students")
