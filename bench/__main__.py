@@ -141,13 +141,11 @@ def table_rows(parts: dict) -> list[dict]:
         add("a", "ratio antrian end to end / bare", f"{a['ratio_end_to_end']:.2f}", ">= 0.70",
             a["ratio_end_to_end"] >= 0.70)
         add("a", "ratio antrian processing window / bare", f"{a['ratio_processing_window']:.2f}", "(info)")
-        add("a", "  machine CPU busy during antrian / bare (loadavg before)",
-            f"{an['machine_cpu_busy_percent']}% / {bare['machine_cpu_busy_percent']}%"
-            f" ({an['loadavg_1m_before']} / {bare['loadavg_1m_before']})")
+        add("a", "  machine CPU busy during antrian / bare (steal; loadavg before)",
+            f"{_machine(an)} / {_machine(bare)}")
         for name, result in (("antrian", an), ("bare", bare)):
             add("a", f"  CPU ms per student by process, {name}", _per_student(result["cpu_seconds"], a["students"]))
-            sessions = ", ".join(f"{what} {n}" for what, n in list(result["db_sessions"].items())[:3])
-            add("a", f"  mean busy DB sessions, {name}", sessions or "none")
+            add("a", f"  mean busy DB sessions, {name}", _sessions(result["db_sessions"]))
         for row in an["memory"]:
             add("d", f"sync-worker {row['role']} (pid {row['pid']}) peak RSS / VmHWM",
                 f"{row['max_rss_mb']:.0f} / {row['hwm_mb']:.0f} MB", "< 150 MB", row["hwm_mb"] < 150)
@@ -162,9 +160,8 @@ def table_rows(parts: dict) -> list[dict]:
         up = b["upstream_latency"]
         add("b", "  one upstream GET measured (kept-alive / new connection); bound with it",
             f"{up['keep_alive_ms']} / {up['new_connection_ms']} ms; {b['measured_bound_s']}s")
-        sessions = ", ".join(f"{what} {n}" for what, n in list(b["db_sessions"].items())[:3])
-        add("b", "  mean busy DB sessions", sessions or "none")
-        add("b", "  machine CPU busy (loadavg before)", f"{b['machine_cpu_busy_percent']}% ({b['loadavg_1m_before']})")
+        add("b", "  mean busy DB sessions", _sessions(b["db_sessions"]))
+        add("b", "  machine CPU busy (steal; loadavg before)", _machine(b))
         add("b", "  CPU ms per student by process", _per_student(b["cpu_seconds"], b["students"]))
     c = parts.get("c", {})
     if "post" in c:
@@ -190,6 +187,16 @@ def table_rows(parts: dict) -> list[dict]:
 
 def _per_student(cpu_seconds: dict[str, float], students: int) -> str:
     return ", ".join(f"{who} {seconds * 1000 / students:.1f}" for who, seconds in cpu_seconds.items())
+
+
+def _machine(result: dict) -> str:
+    return (f"{result['machine_cpu_busy_percent']}% ({result['machine_cpu_steal_percent']}%;"
+            f" {result['loadavg_1m_before']})")
+
+
+def _sessions(db: dict) -> str:
+    busy = ", ".join(f"{what} {n}" for what, n in list(db["states"].items())[:3]) or "none"
+    return f"{busy}; {db['sessions_ended']} sessions ended meanwhile"
 
 
 def print_table(results: dict) -> None:

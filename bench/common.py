@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pika
@@ -83,7 +84,7 @@ def reset_vhost() -> None:
 
 
 def make_engine() -> Engine:
-    return create_engine(DATABASE_URL, pool_size=2, max_overflow=2)
+    return create_engine(DATABASE_URL, pool_size=6, max_overflow=2)
 
 
 def clear_data(engine: Engine) -> None:
@@ -232,18 +233,19 @@ class Service:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 20) -> None:
-        """SIGTERM the whole group, SIGKILL it after ``timeout`` seconds."""
+        """SIGTERM the main process only, as Kubernetes does (Dramatiq and gunicorn pass it on to their
+        children; a second SIGTERM would make Dramatiq's workers quit mid-message), then SIGKILL the group."""
         if self in _running:
             _running.remove(self)
-        if not self.process or self.process.poll() is not None:
-            _killpg(self.process, signal.SIGKILL)  # children may outlive their leader
+        if self.process is None:
             return
-        _killpg(self.process, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log(f"{self.name} did not stop within {timeout:.0f}s; killing it")
-        _killpg(self.process, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} did not stop within {timeout:.0f}s; killing it")
+        _killpg(self.process, signal.SIGKILL)  # whatever is left of the group, children included
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
@@ -327,24 +329,30 @@ def post_sync_run(web: str) -> tuple[int, float]:
     return response.json()["id"], elapsed
 
 
-def run_row(engine: Engine, run_id: int):
+def run_state(engine: Engine, run_id: int) -> dict:
+    """The run as the product reports it (``antrian.sync_runs.get_run``), plus its fan-out flag and its
+    duration in seconds by the database's own timestamps (None while running)."""
+    from antrian.sync_runs import get_run
+
+    run = get_run(engine, run_id)
     with engine.connect() as connection:
-        return connection.execute(
-            text(
-                """SELECT id, status, total, processed, failed, fanout_done, started_at, finished_at,
-                          extract(epoch FROM finished_at - started_at) AS seconds
-                   FROM sync_runs WHERE id = :id"""
-            ),
-            {"id": run_id},
-        ).one()
+        run["fanout_done"] = connection.execute(
+            text("SELECT fanout_done FROM sync_runs WHERE id = :id"), {"id": run_id}
+        ).scalar_one()
+    finished = run["finished_at"]
+    run["seconds"] = (
+        None if finished is None
+        else (datetime.fromisoformat(finished) - datetime.fromisoformat(run["started_at"])).total_seconds()
+    )
+    return run
 
 
-def wait_for_run(engine: Engine, run_id: int, *, timeout: float, field: str = "finished"):
-    """Poll the run's row every 0.1 s until it is finished (or its fan-out done); return the row."""
+def wait_for_run(engine: Engine, run_id: int, *, timeout: float, field: str = "finished") -> dict:
+    """Poll the run every 0.1 s until it is finished (or, with ``field="fanout_done"``, fanned out)."""
 
     def done():
-        row = run_row(engine, run_id)
-        return row if (row.status == "finished" if field == "finished" else row.fanout_done) else None
+        run = run_state(engine, run_id)
+        return run if (run["status"] == "finished" if field == "finished" else run["fanout_done"]) else None
 
     return wait_until(done, timeout=timeout, interval=0.1, what=f"sync run {run_id} ({field})")
 

@@ -35,8 +35,8 @@ def run(engine: Engine, *, students: int, processes: int, threads: int, latency_
     finally:
         common.stop_all()
         common.purge_queues(common.SYNC_QUEUES)
-    if row.processed != students or row.failed:
-        raise RuntimeError(f"run {run_id} ended with processed={row.processed} failed={row.failed}")
+    if row["processed"] != students or row["failed"]:
+        raise RuntimeError(f"run {run_id} ended with processed={row['processed']} failed={row['failed']}")
     result = {
         "students": students,
         "latency_ms": latency_ms,
@@ -45,7 +45,7 @@ def run(engine: Engine, *, students: int, processes: int, threads: int, latency_
         "concurrency": concurrency,
         "bound_s": round(bound, 2),
         "wall_s": round(wall, 2),
-        "db_started_to_finished_s": round(float(row.seconds), 2),
+        "db_started_to_finished_s": round(row["seconds"], 2),
         "ratio": round(wall / bound, 3),
         "upstream_latency": upstream_ms,
         "measured_bound_s": round(students * upstream_ms["keep_alive_ms"] / 1000 / concurrency, 2),

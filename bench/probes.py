@@ -44,7 +44,9 @@ class DbActivitySampler:
     """Samples pg_stat_activity of the bench database every ``interval`` seconds: what its sessions do.
 
     Reported as the mean number of sessions per state and wait event ("active Lock:transactionid",
-    "idle in transaction", ...), which shows whether workers queue on a lock or on the server.
+    "idle in transaction", ...), which shows whether workers queue on a lock or on the server;
+    also how many sessions ended meanwhile (connections opened and closed again: each costs a
+    PostgreSQL backend process, too short-lived for :class:`CpuMeter` to see).
     """
 
     _QUERY = text(
@@ -63,13 +65,21 @@ class DbActivitySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="db-activity-sampler", daemon=True)
 
+    _SESSIONS = text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+
     def __enter__(self) -> DbActivitySampler:
+        self._sessions_before = self._sessions()
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
         self._thread.join(5)
+        self.sessions_ended = self._sessions() - self._sessions_before
+
+    def _sessions(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(self._SESSIONS).scalar_one()
 
     def _loop(self) -> None:
         with self.engine.connect() as connection:
@@ -80,18 +90,21 @@ class DbActivitySampler:
                 for row in rows:
                     self.totals[row.what] = self.totals.get(row.what, 0) + row.n
 
-    def report(self, top: int = 5) -> dict[str, float]:
-        """The ``top`` most common states, as the mean number of sessions in each."""
+    def report(self, top: int = 5) -> dict:
+        """The ``top`` most common states (mean number of sessions in each), and the sessions that ended."""
         means = {what: round(n / max(self.samples, 1), 1) for what, n in self.totals.items()}
-        return dict(sorted(means.items(), key=lambda item: -item[1])[:top])
+        return {"states": dict(sorted(means.items(), key=lambda item: -item[1])[:top]),
+                "sessions_ended": self.sessions_ended}
 
 
 class CpuMeter:
     """CPU used between enter and exit: the whole machine's busy share, and CPU seconds by who used them.
 
-    Every process is sampled every ``interval`` seconds (so short-lived ones count too) and put
-    under the name of the bench service whose group it is in, or postgres, rabbitmq, bench or
-    other: "other" is what processes outside this benchmark took from the same CPUs.
+    Every process is sampled every ``interval`` seconds and put under the name of the bench
+    service whose group it is in, or postgres, rabbitmq, bench or other: "other" is what
+    processes outside this benchmark took from the same CPUs. "unseen" is busy CPU that no
+    sampled process accounts for: processes that lived less than a sampling interval (such as a
+    PostgreSQL backend per short-lived connection) and the kernel's own work.
     """
 
     def __init__(self, *, interval: float = 0.5) -> None:
@@ -113,10 +126,11 @@ class CpuMeter:
         self._stop.set()
         self._thread.join(5)
         self._last.update(self._sample())
-        end = _cpu_times()
-        busy = end[0] - self._machine_start[0]
-        total = busy + end[1] - self._machine_start[1]
+        busy, idle, steal = (end - start for end, start in zip(_cpu_times(), self._machine_start, strict=True))
+        total = busy + idle + steal
         self.busy_percent = round(100 * busy / total, 1) if total else 0.0
+        self.steal_percent = round(100 * steal / total, 1) if total else 0.0
+        self.busy_seconds = busy / _CLOCK_TICKS
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -154,20 +168,24 @@ class CpuMeter:
         for pid, (who, last) in self._last.items():
             first = self._first.get(pid, (who, 0.0))[1]
             seconds[who] = seconds.get(who, 0.0) + max(last - first, 0.0)
+        # Busy CPU no process still there accounts for: processes too short-lived to be sampled
+        # (a PostgreSQL backend per new connection, mostly) and the kernel's own work.
+        seconds["unseen"] = max(self.busy_seconds - sum(seconds.values()), 0.0)
         by_who = dict(sorted(((k, round(v, 2)) for k, v in seconds.items()), key=lambda item: -item[1]))
-        return {"machine_cpu_busy_percent": self.busy_percent, "loadavg_1m_before": round(self.load_before, 2),
+        return {"machine_cpu_busy_percent": self.busy_percent, "machine_cpu_steal_percent": self.steal_percent,
+                "loadavg_1m_before": round(self.load_before, 2),
                 "cpu_seconds": by_who}
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(busy, idle) jiffies of all CPUs; iowait counts as idle."""
+def _cpu_times() -> tuple[int, int, int]:
+    """(busy, idle, steal) jiffies of all CPUs; iowait counts as idle, steal (the hypervisor's) apart."""
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values[:8]) - idle, idle
+    idle, steal = values[3] + values[4], values[7]
+    return sum(values[:8]) - idle - steal, idle, steal
 
 
 # --------------------------------------------------------------------------- memory

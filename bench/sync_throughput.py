@@ -64,8 +64,8 @@ def _antrian(engine: Engine, web: str, upstream: str, *, students: int, processe
         wall = time.perf_counter() - started
         memory.sample()
     worker.stop()
-    if row.processed != students or row.failed:
-        raise RuntimeError(f"run {run_id} ended with processed={row.processed} failed={row.failed}")
+    if row["processed"] != students or row["failed"]:
+        raise RuntimeError(f"run {run_id} ended with processed={row['processed']} failed={row['failed']}")
     window = common.synced_window(engine)
     fanouts = common.fanout_lines(worker)
     result = {
@@ -73,7 +73,7 @@ def _antrian(engine: Engine, web: str, upstream: str, *, students: int, processe
         "post_ms": round(post_s * 1000, 1),
         "wall_s": round(wall, 2),
         "rate_per_s": round(students / wall, 1),
-        "db_started_to_finished_s": round(float(row.seconds), 2),
+        "db_started_to_finished_s": round(row["seconds"], 2),
         "window_s": round(float(window.seconds), 2),
         "window_rate_per_s": round(window.synced / float(window.seconds), 1),
         "fanout": fanouts[-1] if fanouts else None,
