@@ -208,7 +208,8 @@ def where_to_look(running: list[Running], env: dict[str, str], port: int, token_
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, Signals.handle)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # sync-api listens on every interface in a container; on a laptop, only on loopback unless asked.
+    env = {"HOST": "127.0.0.1", **os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         ports = {"port": port_from(env, "PORT", 8000), "dev_port": port_from(env, "DEV_SCHOOL_API_PORT", 8081),
                  "metrics_base": port_from(env, "METRICS_PORT", 9191)}

@@ -43,6 +43,9 @@ class Settings:
     payment_simulator: bool = False
     metrics_port: int | None = None
     port: int = 8000
+    host: str = "0.0.0.0"
+    #: Connections each process keeps open (default 5); a worker's default is its thread count.
+    db_pool_size: int | None = None
     demo_data: bool = False
     log_level: str = "INFO"
 
@@ -142,6 +145,8 @@ _PARSERS: dict[str, Any] = {
     "payment_simulator": _bool,
     "metrics_port": _port,
     "port": _port,
+    "host": str.strip,
+    "db_pool_size": _positive_int,
     "demo_data": _bool,
     "log_level": _one_of("debug", "info", "warning", "error"),
 }

@@ -24,7 +24,8 @@ class ConfirmedPublisher:
 
     ``publish_batch`` returns only when RabbitMQ has confirmed every message of the batch and
     raises :class:`PublishError` if any was nacked or unroutable (then the whole batch should be
-    published again: consumers must be idempotent anyway).
+    published again: consumers must be idempotent anyway). ``publish`` and ``wait_for_confirms``
+    split the two, so that a caller can prepare its next batch while RabbitMQ works.
 
     Parameters:
       broker_url(str): the AMQP URL.
@@ -56,26 +57,35 @@ class ConfirmedPublisher:
     def _on_return(self, _channel, _method, _properties, _body) -> None:
         self._refused += 1
 
-    def publish_batch(self, queue_name: str, bodies: Iterable[bytes]) -> int:
-        """Publish every body to ``queue_name``; return how many were confirmed."""
-        refused_before = self._refused
+    def publish(self, queue_name: str, bodies: Iterable[bytes]) -> int:
+        """Send every body to ``queue_name`` without waiting; return how many were sent.
+
+        Nothing is safe until :meth:`wait_for_confirms` returns: do other work in between.
+        """
         count = 0
         for body in bodies:
             self._channel.basic_publish("", queue_name, body, self._properties, mandatory=True)
             self._last_tag += 1
             self._unconfirmed.add(self._last_tag)
             count += 1
-        self._wait_for_confirms()
-        if self._refused != refused_before:
-            raise PublishError(f"RabbitMQ refused {self._refused - refused_before} of {count} messages")
         return count
 
-    def _wait_for_confirms(self) -> None:
+    def wait_for_confirms(self) -> None:
+        """Return once RabbitMQ confirmed everything published so far; raise if it refused any."""
         deadline = time.monotonic() + CONFIRM_TIMEOUT_S
         while self._unconfirmed:
             if not self._connection.is_open or time.monotonic() > deadline:
                 raise PublishError("RabbitMQ did not confirm the batch")
             self._connection.process_data_events(time_limit=0.001)
+        if self._refused:
+            refused, self._refused = self._refused, 0
+            raise PublishError(f"RabbitMQ refused {refused} messages")
+
+    def publish_batch(self, queue_name: str, bodies: Iterable[bytes]) -> int:
+        """Publish every body and wait for their confirms; return how many were confirmed."""
+        count = self.publish(queue_name, bodies)
+        self.wait_for_confirms()
+        return count
 
     def close(self) -> None:
         if self._connection.is_open:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
+import argparse
+
 from .metrics import prepare_multiprocess_dir
 from .startup import settings_or_exit
+
+#: Dramatiq's default number of worker threads per process.
+DRAMATIQ_DEFAULT_THREADS = 8
 
 #: Milliseconds a stopping worker waits for in-flight messages; below Kubernetes' grace period.
 SHUTDOWN_TIMEOUT_MS = 25_000
@@ -23,7 +28,17 @@ def exec_worker(service: str, module: str, argv: list[str], *, require: tuple[st
     """
     settings = settings_or_exit(service, require=require)
     prepare_multiprocess_dir(service, settings.metrics_port_for(service))
+    if settings.db_pool_size is None:
+        # One connection per worker thread: a smaller pool closes and reopens connections all the time.
+        os.environ["DB_POOL_SIZE"] = str(_threads(argv))
     args = [sys.executable, "-m", "dramatiq", module, "--worker-shutdown-timeout", str(SHUTDOWN_TIMEOUT_MS), *argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, args)
+
+
+def _threads(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--threads", "-t", type=int, default=DRAMATIQ_DEFAULT_THREADS)
+    known, _ = parser.parse_known_args(argv)
+    return max(known.threads, 1)

@@ -34,13 +34,14 @@ class CrashingPublisher(ConfirmedPublisher):
         super().__init__(BROKER_URL)
         self.left = batches
 
-    def publish_batch(self, queue_name, bodies):
+    def publish(self, queue_name, bodies):
         bodies = list(bodies)
         if self.left == 0:
-            super().publish_batch(queue_name, bodies[: len(bodies) // 2])
+            super().publish(queue_name, bodies[: len(bodies) // 2])
+            self.wait_for_confirms()
             raise ConnectionError("worker died mid-batch")
         self.left -= 1
-        return super().publish_batch(queue_name, bodies)
+        return super().publish(queue_name, bodies)
 
 
 def drain_student_messages() -> list[int]:

@@ -45,7 +45,7 @@ _runtime: _Runtime | None = None
 def configure(settings: Settings) -> None:
     """Build this process's engine and upstream client from ``settings``."""
     global _runtime
-    engine = make_engine(settings.database_url, autocommit=True)
+    engine = make_engine(settings.database_url, autocommit=True, pool_size=settings.db_pool_size or 5, max_overflow=8)
     school_api = SchoolApi(
         base_url=settings.require("upstream_base_url"),
         token=settings.upstream_token,

@@ -14,7 +14,7 @@ def web() -> None:
     settings = settings_or_exit("sync-api", require=("api_token",))
     args = [
         sys.executable, "-m", "gunicorn", "--config", "python:sync_api.gunicorn_conf",
-        "--bind", f"0.0.0.0:{settings.port}", *sys.argv[1:], "sync_api.wsgi:app",
+        "--bind", f"{settings.host}:{settings.port}", *sys.argv[1:], "sync_api.wsgi:app",
     ]
     os.execv(sys.executable, args)
 

@@ -28,7 +28,7 @@ def _get(name: str, factory):
 
 
 def get_engine() -> Engine:
-    return _get("engine", lambda settings: make_engine(settings.database_url))
+    return _get("engine", lambda settings: make_engine(settings.database_url, pool_size=settings.db_pool_size or 5))
 
 
 def get_broker() -> dramatiq.Broker:

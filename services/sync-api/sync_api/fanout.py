@@ -1,12 +1,13 @@
 """The fan-out of a sync run: one message per student, published in confirmed batches.
 
 It records the run's items and publishes their messages batch by batch, moving a cursor only
-after RabbitMQ confirmed the batch. Killed half-way, it is redelivered and goes on from the
+after RabbitMQ confirmed the batch; the next batch is read and encoded while RabbitMQ confirms. Killed half-way, it is redelivered and goes on from the
 cursor; the few messages of an unfinished batch may go out twice, which the actor ignores.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -73,26 +74,25 @@ def _fan_out_locked(engine: Engine, run_id: int, publisher_factory: Callable[[],
         return
     if run.fanout_done:
         return
-    cursor, published, started = run.fanout_cursor, 0, time.perf_counter()
+    published, started = 0, time.perf_counter()
+    fetch = functools.partial(_next_batch, engine, run_id, run.last_student_id)
     with publisher_factory() as publisher:
-        while True:
-            with engine.begin() as connection:
-                batch = connection.execute(
-                    _NEXT_BATCH,
-                    {"run_id": run_id, "cursor": cursor, "last_student_id": run.last_student_id, "limit": BATCH_SIZE},
-                ).all()
-            if not batch:
-                break
-            bodies = [SYNC_STUDENT_PAYMENT.message(row.idperson, run_id).encode() for row in batch]
-            publisher.publish_batch(SYNC_QUEUE, bodies)
-            cursor = batch[-1].id
+        batch = fetch(run.fanout_cursor)
+        bodies = _bodies(batch, run_id)
+        while batch:
+            publisher.publish(SYNC_QUEUE, bodies)
+            # While RabbitMQ stores and confirms this batch, record and encode the next one.
+            following = fetch(batch[-1].id)
+            bodies = _bodies(following, run_id)
+            publisher.wait_for_confirms()
             with engine.begin() as connection:
                 connection.execute(
                     text("UPDATE sync_runs SET fanout_cursor = :cursor WHERE id = :run_id"),
-                    {"cursor": cursor, "run_id": run_id},
+                    {"cursor": batch[-1].id, "run_id": run_id},
                 )
             published += len(batch)
             worker_metrics.FANOUT_MESSAGES.inc(len(batch))
+            batch = following
     with engine.begin() as connection:
         total = connection.execute(_FANOUT_DONE, {"run_id": run_id}).scalar_one()
     with engine.begin() as connection:
@@ -102,6 +102,19 @@ def _fan_out_locked(engine: Engine, run_id: int, publisher_factory: Callable[[],
         "sync run %s fanned out: %s messages in %.2fs (%.0f/s); %s students in all%s",
         run_id, published, elapsed, published / elapsed if elapsed else 0, total, ", run finished" if finished else "",
     )
+
+
+def _next_batch(engine: Engine, run_id: int, last_student_id: int, cursor: int) -> list:
+    """The run's next students after ``cursor``, their items recorded (once) on the way."""
+    with engine.begin() as connection:
+        return connection.execute(
+            _NEXT_BATCH,
+            {"run_id": run_id, "cursor": cursor, "last_student_id": last_student_id, "limit": BATCH_SIZE},
+        ).all()
+
+
+def _bodies(batch: list, run_id: int) -> list[bytes]:
+    return [SYNC_STUDENT_PAYMENT.message(row.idperson, run_id).encode() for row in batch]
 
 
 def _wait_for_run(engine: Engine, run_id: int):
