@@ -56,13 +56,16 @@ class SyncRun(Base):
 class SyncRunCount(Base):
     """A run's counts, split over shards so that concurrent outcomes do not queue on one row lock.
 
-    Every outcome adds to one shard (``idperson % SHARDS``); a run's count is the sum of its shards.
+    A student belongs to shard ``idperson % SHARDS``. The fan-out adds each recorded item to its
+    shard's ``total``; each outcome adds to ``processed`` (and ``failed``). A run's counts are the
+    sums of its shards, and only the outcome that completes a shard needs to look at the others.
     """
 
     __tablename__ = "sync_run_counts"
 
     run_id: Mapped[int] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True)
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    total: Mapped[int] = mapped_column(Integer, server_default="0")
     processed: Mapped[int] = mapped_column(Integer, server_default="0")
     failed: Mapped[int] = mapped_column(Integer, server_default="0")
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-
-import argparse
 
 from .metrics import prepare_multiprocess_dir
 from .startup import settings_or_exit

@@ -1,8 +1,9 @@
 """The fan-out of a sync run: one message per student, published in confirmed batches.
 
 It records the run's items and publishes their messages batch by batch, moving a cursor only
-after RabbitMQ confirmed the batch; the next batch is read and encoded while RabbitMQ confirms. Killed half-way, it is redelivered and goes on from the
-cursor; the few messages of an unfinished batch may go out twice, which the actor ignores.
+after RabbitMQ confirmed the batch; the next batch is read and encoded while RabbitMQ confirms.
+Killed half-way, it is redelivered and goes on from the cursor; the few messages of an
+unfinished batch may go out twice, which the actor ignores.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import Engine, text
 
 from antrian.messages import SYNC_QUEUE, SYNC_STUDENT_PAYMENT
 from antrian.publisher import ConfirmedPublisher
-from antrian.sync_runs import finish_if_complete
+from antrian.sync_runs import SHARDS, finish_if_complete
 
 from . import worker_metrics
 
@@ -29,6 +30,8 @@ FANOUT_LOCK_NAMESPACE = 0x666F
 #: How long to wait for the run's row: the request publishes the fan-out just before it commits.
 RUN_VISIBLE_WAIT_S = 5.0
 
+# Records the batch's items (once: a batch read again after a crash adds nothing) and adds them
+# to their shards' totals, in one statement.
 _NEXT_BATCH = text(
     """WITH batch AS (
            SELECT id, idperson FROM students
@@ -37,6 +40,11 @@ _NEXT_BATCH = text(
        ), items AS (
            INSERT INTO sync_items (run_id, idperson) SELECT :run_id, idperson FROM batch
            ON CONFLICT DO NOTHING
+           RETURNING idperson
+       ), shard_totals AS (
+           UPDATE sync_run_counts c SET total = c.total + added.n
+           FROM (SELECT idperson % :shards AS shard, count(*) AS n FROM items GROUP BY 1) added
+           WHERE c.run_id = :run_id AND c.shard = added.shard
        )
        SELECT id, idperson FROM batch ORDER BY id"""
 )
@@ -109,7 +117,8 @@ def _next_batch(engine: Engine, run_id: int, last_student_id: int, cursor: int) 
     with engine.begin() as connection:
         return connection.execute(
             _NEXT_BATCH,
-            {"run_id": run_id, "cursor": cursor, "last_student_id": last_student_id, "limit": BATCH_SIZE},
+            {"run_id": run_id, "cursor": cursor, "last_student_id": last_student_id, "limit": BATCH_SIZE,
+             "shards": SHARDS},
         ).all()
 
 

@@ -29,7 +29,8 @@ _ITEM_STATE = text(
 
 # One statement, so one transaction and one round trip: the item leaves 'pending' (or nothing
 # happens), the student's pembayaran is stored on success, and one shard of the run's counts
-# counts the outcome. Shards keep concurrent outcomes from queueing on a single row lock.
+# counts the outcome. Shards keep concurrent outcomes from queueing on a single row lock. It
+# answers whether this outcome completed its shard: only then can the run be complete.
 _RECORD_OUTCOME = text(
     """WITH item AS (
            UPDATE sync_items SET status = :status, error = :error, finished_at = now()
@@ -43,8 +44,10 @@ _RECORD_OUTCOME = text(
                processed = processed + 1,
                failed = failed + CASE WHEN :status = 'failed' THEN 1 ELSE 0 END
            WHERE run_id = :run_id AND shard = :shard AND EXISTS (SELECT 1 FROM item)
+           RETURNING processed >= total AS complete
        )
-       SELECT count(*) FROM item"""
+       SELECT (SELECT count(*) FROM item) AS counted,
+              coalesce((SELECT complete FROM counts), false) AS shard_complete"""
 )
 
 
@@ -102,7 +105,7 @@ class StudentSync:
 
         def work() -> tuple[bool, bool]:
             with self.engine.connect() as connection:
-                counted = connection.execute(
+                counted, shard_complete = connection.execute(
                     _RECORD_OUTCOME,
                     {
                         "run_id": run_id,
@@ -112,10 +115,12 @@ class StudentSync:
                         "error": error,
                         "data": json.dumps(data) if status == "success" else None,
                     },
-                ).scalar_one()
-                # Checked even when nothing was counted: a first try may have committed the
+                ).one()
+                # Checked too when nothing was counted: a first try may have committed the
                 # last outcome and then lost its connection before finishing the run.
-                return bool(counted), finish_if_complete(connection, run_id)
+                if shard_complete or not counted:
+                    return bool(counted), finish_if_complete(connection, run_id)
+                return bool(counted), False
 
         counted, finished = retry_on_disconnect(work)
         if counted:

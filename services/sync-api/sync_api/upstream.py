@@ -59,6 +59,10 @@ class SchoolApi:
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["Accept"] = "application/json"
+            # Proxies from the environment are looked up once here, not on every request
+            # (requests re-reads the environment and ~/.netrc per call when trust_env is on).
+            session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+            session.trust_env = False
             if self.token:
                 session.headers["Authorization"] = f"Bearer {self.token}"
             self._local.session = session

@@ -47,6 +47,7 @@ def upgrade() -> None:
         "sync_run_counts",
         sa.Column("run_id", sa.Integer, sa.ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("shard", sa.SmallInteger, primary_key=True),
+        sa.Column("total", sa.Integer, nullable=False, server_default="0"),
         sa.Column("processed", sa.Integer, nullable=False, server_default="0"),
         sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
     )
