@@ -41,39 +41,42 @@ class ConfirmedPublisher:
         self._connection.process_data_events(0)
         self._last_tag = 0
         self._unconfirmed: set[int] = set()
+        self._oldest = 1  # the oldest delivery tag that may still be unconfirmed
         self._refused = 0
         self._properties = pika.BasicProperties(delivery_mode=2)
 
     def _on_confirm(self, frame) -> None:
         method = frame.method
-        if method.multiple:
-            settled = {tag for tag in self._unconfirmed if tag <= method.delivery_tag}
-        else:
-            settled = {method.delivery_tag} & self._unconfirmed
+        tags = range(self._oldest, method.delivery_tag + 1) if method.multiple else (method.delivery_tag,)
+        settled = [tag for tag in tags if tag in self._unconfirmed]
         if isinstance(method, Basic.Nack):
             self._refused += len(settled)
-        self._unconfirmed -= settled
+        self._unconfirmed.difference_update(settled)
+        while self._oldest <= self._last_tag and self._oldest not in self._unconfirmed:
+            self._oldest += 1
 
     def _on_return(self, _channel, _method, _properties, _body) -> None:
         self._refused += 1
 
     def publish(self, queue_name: str, bodies: Iterable[bytes]) -> int:
-        """Send every body to ``queue_name`` without waiting; return how many were sent.
+        """Send every body to ``queue_name`` without waiting; return a mark for :meth:`wait_for_confirms`.
 
         Nothing is safe until :meth:`wait_for_confirms` returns: do other work in between.
         """
-        count = 0
         for body in bodies:
             self._channel.basic_publish("", queue_name, body, self._properties, mandatory=True)
             self._last_tag += 1
             self._unconfirmed.add(self._last_tag)
-            count += 1
-        return count
+        return self._last_tag
 
-    def wait_for_confirms(self) -> None:
-        """Return once RabbitMQ confirmed everything published so far; raise if it refused any."""
+    def wait_for_confirms(self, mark: int | None = None) -> None:
+        """Return once RabbitMQ confirmed everything published up to ``mark`` (default: all so far).
+
+        Raises :class:`PublishError` if RabbitMQ refused any message since the last call.
+        """
+        mark = self._last_tag if mark is None else mark
         deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-        while self._unconfirmed:
+        while self._oldest <= mark:
             if not self._connection.is_open or time.monotonic() > deadline:
                 raise PublishError("RabbitMQ did not confirm the batch")
             self._connection.process_data_events(time_limit=0.001)
@@ -81,11 +84,9 @@ class ConfirmedPublisher:
             refused, self._refused = self._refused, 0
             raise PublishError(f"RabbitMQ refused {refused} messages")
 
-    def publish_batch(self, queue_name: str, bodies: Iterable[bytes]) -> int:
-        """Publish every body and wait for their confirms; return how many were confirmed."""
-        count = self.publish(queue_name, bodies)
-        self.wait_for_confirms()
-        return count
+    def publish_batch(self, queue_name: str, bodies: Iterable[bytes]) -> None:
+        """Publish every body and wait for their confirms."""
+        self.wait_for_confirms(self.publish(queue_name, bodies))
 
     def close(self) -> None:
         if self._connection.is_open:

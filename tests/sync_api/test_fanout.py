@@ -68,30 +68,32 @@ def fanout_state(engine, run_id):
 
 
 def test_a_crashed_fanout_resumes_from_its_cursor(clean, broker, monkeypatch):
-    # Given 5,000 students and a run, fanned out in batches of 1,000
+    # Given 5,000 students and a run, fanned out in batches of 1,000 with one more batch in flight
     monkeypatch.setattr(fanout, "BATCH_SIZE", 1000)
+    monkeypatch.setattr(fanout, "BATCHES_IN_FLIGHT", 1)
     seed_students(clean, 5000)
     run = start_run(clean, broker)
     purge_queues()  # the fan-out message itself: we run the fan-out by hand
 
-    # When the fan-out dies half-way through its third batch
+    # When the fan-out dies half-way through publishing its third batch (the first one confirmed)
     with pytest.raises(ConnectionError):
         fanout.fan_out(clean, run["id"], lambda: CrashingPublisher(batches=2))
     state = fanout_state(clean, run["id"])
     assert not state.fanout_done
     with clean.connect() as connection:
-        second_batch_end = connection.execute(text("SELECT id FROM students ORDER BY id OFFSET 1999 LIMIT 1")).scalar()
-    assert state.fanout_cursor == second_batch_end
+        first_batch_end = connection.execute(text("SELECT id FROM students ORDER BY id OFFSET 999 LIMIT 1")).scalar()
+    assert state.fanout_cursor == first_batch_end
 
     # And it is delivered again and finishes
     fanout.fan_out(clean, run["id"], lambda: ConfirmedPublisher(BROKER_URL))
 
-    # Then every student has exactly one item and at least one message; only the broken batch went twice
+    # Then every student has exactly one item and at least one message; only what was in flight
+    # after the last confirmed batch went twice (the second batch and half of the third)
     state = fanout_state(clean, run["id"])
     assert state.fanout_done and state.total == 5000
     published = drain_student_messages()
     assert set(published) == set(idpersons(5000))
-    assert len(published) == 5000 + 500
+    assert len(published) == 5000 + 1000 + 500
     with clean.connect() as connection:
         items = connection.execute(text("SELECT count(*) FROM sync_items WHERE run_id = :id"), {"id": run["id"]})
         assert items.scalar() == 5000

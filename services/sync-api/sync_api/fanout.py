@@ -1,9 +1,9 @@
 """The fan-out of a sync run: one message per student, published in confirmed batches.
 
 It records the run's items and publishes their messages batch by batch, moving a cursor only
-after RabbitMQ confirmed the batch; the next batch is read and encoded while RabbitMQ confirms.
-Killed half-way, it is redelivered and goes on from the cursor; the few messages of an
-unfinished batch may go out twice, which the actor ignores.
+after RabbitMQ confirmed a batch, with a few batches in flight so RabbitMQ is never idle.
+Killed half-way, it is redelivered and goes on from the cursor; the messages of the batches
+that were in flight may go out twice, which the actor ignores.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 #: Students per confirmed batch.
 BATCH_SIZE = 2000
+#: Batches published but not yet confirmed: RabbitMQ confirms persistent messages after a disk
+#: sync, so waiting for each batch before sending the next leaves it idle in between.
+BATCHES_IN_FLIGHT = 4
 #: First key of the advisory lock that keeps two fan-outs of one run apart ("fo").
 FANOUT_LOCK_NAMESPACE = 0x666F
 #: How long to wait for the run's row: the request publishes the fan-out just before it commits.
@@ -48,6 +51,7 @@ _NEXT_BATCH = text(
        )
        SELECT id, idperson FROM batch ORDER BY id"""
 )
+_SAVE_CURSOR = text("UPDATE sync_runs SET fanout_cursor = :cursor WHERE id = :run_id")
 # The run's total becomes the exact number of its items (students deleted since the start drop out).
 _FANOUT_DONE = text(
     """UPDATE sync_runs SET fanout_done = true,
@@ -85,22 +89,19 @@ def _fan_out_locked(engine: Engine, run_id: int, publisher_factory: Callable[[],
     published, started = 0, time.perf_counter()
     fetch = functools.partial(_next_batch, engine, run_id, run.last_student_id)
     with publisher_factory() as publisher:
+        in_flight: list[tuple[int, list]] = []  # (confirm mark, batch), oldest first
         batch = fetch(run.fanout_cursor)
-        bodies = _bodies(batch, run_id)
-        while batch:
-            publisher.publish(SYNC_QUEUE, bodies)
-            # While RabbitMQ stores and confirms this batch, record and encode the next one.
-            following = fetch(batch[-1].id)
-            bodies = _bodies(following, run_id)
-            publisher.wait_for_confirms()
-            with engine.begin() as connection:
-                connection.execute(
-                    text("UPDATE sync_runs SET fanout_cursor = :cursor WHERE id = :run_id"),
-                    {"cursor": batch[-1].id, "run_id": run_id},
-                )
-            published += len(batch)
-            worker_metrics.FANOUT_MESSAGES.inc(len(batch))
-            batch = following
+        while batch or in_flight:
+            if batch:
+                in_flight.append((publisher.publish(SYNC_QUEUE, _bodies(batch, run_id)), batch))
+                # Read and record the next batch while RabbitMQ stores this one.
+                batch = fetch(batch[-1].id)
+            if len(in_flight) > BATCHES_IN_FLIGHT or not batch:
+                mark, confirmed = in_flight.pop(0)
+                publisher.wait_for_confirms(mark)
+                _save_cursor(engine, run_id, confirmed[-1].id)
+                published += len(confirmed)
+                worker_metrics.FANOUT_MESSAGES.inc(len(confirmed))
     with engine.begin() as connection:
         total = connection.execute(_FANOUT_DONE, {"run_id": run_id}).scalar_one()
     with engine.begin() as connection:
@@ -122,8 +123,13 @@ def _next_batch(engine: Engine, run_id: int, last_student_id: int, cursor: int) 
         ).all()
 
 
+def _save_cursor(engine: Engine, run_id: int, cursor: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(_SAVE_CURSOR, {"cursor": cursor, "run_id": run_id})
+
+
 def _bodies(batch: list, run_id: int) -> list[bytes]:
-    return [SYNC_STUDENT_PAYMENT.message(row.idperson, run_id).encode() for row in batch]
+    return [SYNC_STUDENT_PAYMENT.encode(row.idperson, run_id) for row in batch]
 
 
 def _wait_for_run(engine: Engine, run_id: int):
