@@ -22,11 +22,12 @@ DEFAULT_METRICS_PORTS = {"sync-worker": 9191, "mailer": 9192, "booking-expiry": 
 class Settings:
     """Parsed configuration. Build it with :func:`load_settings`; tests use ``replace()``."""
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/antrian"
-    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    api_token: str | None = None
+    # Secrets (and URLs that may hold passwords) stay out of repr(), so a logged Settings leaks none.
+    database_url: str = field(default="postgresql+psycopg://postgres@127.0.0.1:5432/antrian", repr=False)
+    broker_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
+    api_token: str | None = field(default=None, repr=False)
     upstream_base_url: str | None = None
-    upstream_token: str | None = None
+    upstream_token: str | None = field(default=None, repr=False)
     upstream_timeout_s: float = 30.0
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025

@@ -31,7 +31,7 @@ class SyncRun(Base):
     """One sync of every student's pembayaran.
 
     ``total`` is the number of students when the run started until the fan-out has recorded
-    every item, then the exact number of items. The run finishes when the processed count of
+    its items, then the exact number of items. The run finishes when the processed count of
     its :class:`SyncRunCount` shards reaches it.
     """
 
@@ -46,8 +46,10 @@ class SyncRun(Base):
     total: Mapped[int] = mapped_column(Integer, server_default="0")
     #: Students with ``id`` up to this one belong to the run (the snapshot taken at start).
     last_student_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    #: The fan-out has published every student up to this ``students.id``.
-    fanout_cursor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    #: The fan-out has recorded the run's items (and set the exact ``total``), in one statement.
+    items_recorded: Mapped[bool] = mapped_column(server_default="false")
+    #: The fan-out has published (with confirms) every pending item up to this ``idperson``.
+    fanout_cursor: Mapped[int | None] = mapped_column(BigInteger)
     fanout_done: Mapped[bool] = mapped_column(server_default="false")
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
@@ -56,9 +58,9 @@ class SyncRun(Base):
 class SyncRunCount(Base):
     """A run's counts, split over shards so that concurrent outcomes do not queue on one row lock.
 
-    A student belongs to shard ``idperson % SHARDS``. The fan-out adds each recorded item to its
-    shard's ``total``; each outcome adds to ``processed`` (and ``failed``). A run's counts are the
-    sums of its shards, and only the outcome that completes a shard needs to look at the others.
+    A student belongs to shard ``abs(idperson) % SHARDS``. The fan-out sets each shard's
+    ``total``; each outcome adds to ``processed`` (and ``failed``). A run's counts are the sums of
+    its shards, and only the outcome that completes a shard needs to look at the others.
     """
 
     __tablename__ = "sync_run_counts"

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from .errors import RunAlreadyRunning
 from .messages import FAN_OUT_SYNC_RUN
 
-#: Shards of a run's counts (see :class:`antrian.models.SyncRunCount`); an outcome goes to ``idperson % SHARDS``.
+#: Shards of a run's counts (see :class:`antrian.models.SyncRunCount`).
 SHARDS = 64
 
 _RUN_COLUMNS = "id, status, total, started_at, finished_at"
@@ -28,10 +28,15 @@ _CREATE_SHARDS = text(
 # of two concurrent outcomes then sees both, and the row lock lets only one of them finish it.
 _FINISH_IF_COMPLETE = text(
     """UPDATE sync_runs SET status = 'finished', finished_at = now()
-       WHERE id = :run_id AND status = 'running' AND fanout_done
+       WHERE id = :run_id AND status = 'running' AND items_recorded
          AND total <= (SELECT coalesce(sum(processed), 0) FROM sync_run_counts WHERE run_id = :run_id)
        RETURNING id"""
 )
+
+
+def shard_of(idperson: int) -> int:
+    """The count shard a student's outcome goes to (PostgreSQL: ``abs(idperson) % SHARDS``)."""
+    return abs(idperson) % SHARDS
 
 
 def start_run(engine: Engine, broker: dramatiq.Broker) -> dict[str, Any]:

@@ -113,3 +113,29 @@ def test_concurrent_outcomes_for_one_student_count_once(clean, broker):
     engine.dispose()
     assert sorted(results) == [False] * 7 + [True]
     assert get_run(clean, run["id"])["processed"] == 1
+
+
+def test_a_redelivery_finishes_a_run_whose_last_outcome_lost_its_finish(clean, broker, monkeypatch):
+    # Given a run whose every outcome is recorded, but the worker died before the finish check
+    import sync_api.student_sync as student_sync
+    from antrian.publisher import ConfirmedPublisher
+    from sync_api import fanout
+
+    seed_students(clean, 3)
+    run = start_run(clean, broker)
+    fanout.fan_out(clean, run["id"], lambda: ConfirmedPublisher(BROKER_URL))
+    engine = make_engine(DATABASE_URL, autocommit=True)
+    sync = StudentSync(engine=engine, school_api=SchoolApi(base_url="http://127.0.0.1:1", token=None, timeout_s=1))
+    monkeypatch.setattr(student_sync, "finish_if_complete", lambda connection, run_id: False)
+    for idperson in idpersons(3):
+        assert sync.record(idperson, run["id"], status="success", data={})
+    assert get_run(clean, run["id"])["isRunning"]
+    monkeypatch.undo()
+
+    # When the last student's message is delivered again
+    sync.sync(idpersons(3)[-1], run["id"], final_attempt=False)
+
+    # Then the duplicate changes no count but finishes the run
+    finished = get_run(clean, run["id"])
+    engine.dispose()
+    assert (finished["status"], finished["processed"], finished["isRunning"]) == ("finished", 3, False)

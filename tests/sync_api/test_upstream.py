@@ -103,3 +103,11 @@ def test_connection_refused_is_transient():
     api = SchoolApi(base_url=f"http://127.0.0.1:{free_port()}", token=None, timeout_s=1)
     with pytest.raises(TransientUpstreamError, match="connection error"):
         api.fetch_pembayaran(7)
+
+
+def test_a_tls_failure_is_permanent(server):
+    # Given a plain-HTTP server spoken to over https (a broken certificate chain fails the same way)
+    httpd, _handler = server
+    api = SchoolApi(base_url=f"https://127.0.0.1:{httpd.server_port}", token=None, timeout_s=2)
+    with pytest.raises(PermanentUpstreamError, match="TLS error"):
+        api.fetch_pembayaran(7)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 from flask import Flask
 
 from antrian.config import Settings
 from antrian.logging import configure_logging
 from antrian.startup import settings_or_exit
+
+#: PBKDF2 rounds for the session key: about 0.1 s once per process.
+SESSION_KEY_ROUNDS = 200_000
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -19,8 +23,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
         ANTRIAN=settings,
-        # Admin sessions are signed with a key derived from the token: a new token logs everyone out.
-        SECRET_KEY=hashlib.sha256(b"antrian-admin-session:" + settings.require("api_token").encode()).hexdigest(),
+        # Admin sessions are signed with a key derived from the token (slowly, so a captured cookie
+        # does not help guess the token); a new token logs everyone out.
+        SECRET_KEY=hashlib.pbkdf2_hmac(
+            "sha256", settings.require("api_token").encode(), b"antrian-admin-session", SESSION_KEY_ROUNDS
+        ).hex(),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="antrian_admin",

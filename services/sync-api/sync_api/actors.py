@@ -99,16 +99,22 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
     except StudentSyncFailed:
         raise
     except Exception as exc:
-        if _is_transient(exc) and not final_attempt:
+        if is_disconnect(exc):
+            # The database is away: not the student's failure. The message is retried, and after
+            # its last attempt it is kept dead-lettered with the student still pending, to retry.
             raise
         student_sync.record(idperson, run_id, status="failed", error=f"unexpected error: {exc!r}"[:500])
         raise StudentSyncFailed(f"student {idperson}: {exc!r}") from exc
 
 
+#: The fan-out is safe to run again from its cursor, whatever stopped it.
+FANOUT_MAX_RETRIES = 10
+
+
 @dramatiq.actor(
     actor_name=FAN_OUT_SYNC_RUN.actor,
     queue_name=SYNC_QUEUE,
-    max_retries=10,
+    retry_when=lambda retries, exception: retries < FANOUT_MAX_RETRIES,
     min_backoff=MIN_BACKOFF_MS,
     max_backoff=30_000,
     time_limit=FANOUT_TIME_LIMIT_MS,

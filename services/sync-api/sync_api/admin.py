@@ -29,6 +29,7 @@ def login():
     if request.method == "POST":
         if auth.token_is_valid(request.form.get("token")):
             session.clear()
+            session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME
             session["admin"] = True
             return redirect(next_url)
         return render_template("login.html", next=next_url, error="That token is not right."), 401

@@ -1,9 +1,11 @@
-"""The fan-out of a sync run: one message per student, published in confirmed batches.
+"""The fan-out of a sync run: record every student's item, then publish their messages in confirmed batches.
 
-It records the run's items and publishes their messages batch by batch, moving a cursor only
-after RabbitMQ confirmed a batch, with a few batches in flight so RabbitMQ is never idle.
-Killed half-way, it is redelivered and goes on from the cursor; the messages of the batches
-that were in flight may go out twice, which the actor ignores.
+Recording is one statement over the run's snapshot of students: it sets the exact total and each
+count shard's total at once. Publishing then walks the recorded pending items (never the students
+table again, so a student deleted meanwhile still gets its message and its outcome), a few batches
+in flight so RabbitMQ is never idle, moving a cursor only past confirmed batches. Killed half-way,
+the fan-out is redelivered and goes on from the cursor; what was in flight may go out twice, which
+the actor ignores.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine, text
 
+from antrian.db import retry_on_disconnect
 from antrian.messages import SYNC_QUEUE, SYNC_STUDENT_PAYMENT
 from antrian.publisher import ConfirmedPublisher
-from antrian.sync_runs import SHARDS, finish_if_complete
+from antrian.sync_runs import SHARDS
 
 from . import worker_metrics
 
@@ -31,33 +34,38 @@ BATCHES_IN_FLIGHT = 4
 #: First key of the advisory lock that keeps two fan-outs of one run apart ("fo").
 FANOUT_LOCK_NAMESPACE = 0x666F
 #: How long to wait for the run's row: the request publishes the fan-out just before it commits.
-RUN_VISIBLE_WAIT_S = 5.0
+RUN_VISIBLE_WAIT_S = 30.0
 
-# Records the batch's items (once: a batch read again after a crash adds nothing) and adds them
-# to their shards' totals, in one statement.
-_NEXT_BATCH = text(
-    """WITH batch AS (
-           SELECT id, idperson FROM students
-           WHERE id > :cursor AND id <= :last_student_id
-           ORDER BY id LIMIT :limit
-       ), items AS (
-           INSERT INTO sync_items (run_id, idperson) SELECT :run_id, idperson FROM batch
+# One statement: the items of every student in the run's snapshot, each shard's total, and the
+# run's exact total; an empty run finishes here. Done once (``items_recorded``).
+_RECORD_ITEMS = text(
+    """WITH items AS (
+           INSERT INTO sync_items (run_id, idperson)
+           SELECT :run_id, idperson FROM students WHERE id <= :last_student_id
            ON CONFLICT DO NOTHING
            RETURNING idperson
        ), shard_totals AS (
            UPDATE sync_run_counts c SET total = c.total + added.n
-           FROM (SELECT idperson % :shards AS shard, count(*) AS n FROM items GROUP BY 1) added
+           FROM (SELECT abs(idperson) % :shards AS shard, count(*) AS n FROM items GROUP BY 1) added
            WHERE c.run_id = :run_id AND c.shard = added.shard
-       )
-       SELECT id, idperson FROM batch ORDER BY id"""
+       ), counted AS (SELECT count(*) AS n FROM items)
+       UPDATE sync_runs SET
+           items_recorded = true,
+           total = counted.n,
+           status = CASE WHEN counted.n = 0 THEN 'finished' ELSE status END,
+           finished_at = CASE WHEN counted.n = 0 THEN now() ELSE finished_at END
+       FROM counted WHERE id = :run_id AND NOT items_recorded
+       RETURNING total"""
+)
+_NEXT_BATCH = text(
+    """SELECT idperson FROM sync_items
+       WHERE run_id = :run_id AND status = 'pending' AND idperson > :cursor
+       ORDER BY idperson LIMIT :limit"""
 )
 _SAVE_CURSOR = text("UPDATE sync_runs SET fanout_cursor = :cursor WHERE id = :run_id")
-# The run's total becomes the exact number of its items (students deleted since the start drop out).
-_FANOUT_DONE = text(
-    """UPDATE sync_runs SET fanout_done = true,
-           total = (SELECT count(*) FROM sync_items WHERE run_id = :run_id)
-       WHERE id = :run_id RETURNING total"""
-)
+_FANOUT_DONE = text("UPDATE sync_runs SET fanout_done = true WHERE id = :run_id")
+#: Below every idperson: where a fresh fan-out starts.
+_START = -(2**63)
 
 
 def fan_out(engine: Engine, run_id: int, publisher_factory: Callable[[], ConfirmedPublisher]) -> None:
@@ -86,50 +94,58 @@ def _fan_out_locked(engine: Engine, run_id: int, publisher_factory: Callable[[],
         return
     if run.fanout_done:
         return
+    if not run.items_recorded:
+        total = retry_on_disconnect(lambda: _record_items(engine, run_id, run.last_student_id))
+        logger.info("sync run %s: %s students recorded", run_id, total)
     published, started = 0, time.perf_counter()
-    fetch = functools.partial(_next_batch, engine, run_id, run.last_student_id)
+    fetch = functools.partial(_next_batch, engine, run_id)
     with publisher_factory() as publisher:
-        in_flight: list[tuple[int, list]] = []  # (confirm mark, batch), oldest first
-        batch = fetch(run.fanout_cursor)
+        in_flight: list[tuple[int, list[int]]] = []  # (confirm mark, idpersons), oldest first
+        batch = fetch(_START if run.fanout_cursor is None else run.fanout_cursor)
         while batch or in_flight:
             if batch:
                 in_flight.append((publisher.publish(SYNC_QUEUE, _bodies(batch, run_id)), batch))
-                # Read and record the next batch while RabbitMQ stores this one.
-                batch = fetch(batch[-1].id)
-            if len(in_flight) > BATCHES_IN_FLIGHT or not batch:
+                # Read the next batch while RabbitMQ stores this one.
+                batch = fetch(batch[-1])
+            if len(in_flight) >= BATCHES_IN_FLIGHT or not batch:
                 mark, confirmed = in_flight.pop(0)
                 publisher.wait_for_confirms(mark)
-                _save_cursor(engine, run_id, confirmed[-1].id)
+                _execute(engine, _SAVE_CURSOR, {"cursor": confirmed[-1], "run_id": run_id})
                 published += len(confirmed)
                 worker_metrics.FANOUT_MESSAGES.inc(len(confirmed))
-    with engine.begin() as connection:
-        total = connection.execute(_FANOUT_DONE, {"run_id": run_id}).scalar_one()
-    with engine.begin() as connection:
-        finished = finish_if_complete(connection, run_id)
+    _execute(engine, _FANOUT_DONE, {"run_id": run_id})
     elapsed = time.perf_counter() - started
     logger.info(
-        "sync run %s fanned out: %s messages in %.2fs (%.0f/s); %s students in all%s",
-        run_id, published, elapsed, published / elapsed if elapsed else 0, total, ", run finished" if finished else "",
+        "sync run %s fanned out: %s messages in %.2fs (%.0f/s)",
+        run_id, published, elapsed, published / elapsed if elapsed else 0,
     )
 
 
-def _next_batch(engine: Engine, run_id: int, last_student_id: int, cursor: int) -> list:
-    """The run's next students after ``cursor``, their items recorded (once) on the way."""
+def _record_items(engine: Engine, run_id: int, last_student_id: int) -> int:
     with engine.begin() as connection:
         return connection.execute(
-            _NEXT_BATCH,
-            {"run_id": run_id, "cursor": cursor, "last_student_id": last_student_id, "limit": BATCH_SIZE,
-             "shards": SHARDS},
-        ).all()
+            _RECORD_ITEMS, {"run_id": run_id, "last_student_id": last_student_id, "shards": SHARDS}
+        ).scalar_one()
 
 
-def _save_cursor(engine: Engine, run_id: int, cursor: int) -> None:
-    with engine.begin() as connection:
-        connection.execute(_SAVE_CURSOR, {"cursor": cursor, "run_id": run_id})
+def _next_batch(engine: Engine, run_id: int, cursor: int) -> list[int]:
+    """The run's next pending idpersons after ``cursor``."""
+    with engine.connect() as connection:
+        return list(
+            connection.execute(_NEXT_BATCH, {"run_id": run_id, "cursor": cursor, "limit": BATCH_SIZE}).scalars()
+        )
 
 
-def _bodies(batch: list, run_id: int) -> list[bytes]:
-    return [SYNC_STUDENT_PAYMENT.encode(row.idperson, run_id) for row in batch]
+def _execute(engine: Engine, statement, parameters: dict) -> None:
+    def work() -> None:
+        with engine.begin() as connection:
+            connection.execute(statement, parameters)
+
+    retry_on_disconnect(work)
+
+
+def _bodies(idpersons: list[int], run_id: int) -> list[bytes]:
+    return [SYNC_STUDENT_PAYMENT.encode(idperson, run_id) for idperson in idpersons]
 
 
 def _wait_for_run(engine: Engine, run_id: int):
@@ -137,7 +153,9 @@ def _wait_for_run(engine: Engine, run_id: int):
     while True:
         with engine.connect() as connection:
             run = connection.execute(
-                text("SELECT last_student_id, fanout_cursor, fanout_done FROM sync_runs WHERE id = :id"),
+                text(
+                    "SELECT last_student_id, items_recorded, fanout_cursor, fanout_done FROM sync_runs WHERE id = :id"
+                ),
                 {"id": run_id},
             ).one_or_none()
         if run is not None or time.monotonic() > deadline:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from antrian.db import retry_on_disconnect
-from antrian.sync_runs import SHARDS, finish_if_complete
+from antrian.sync_runs import finish_if_complete, shard_of
 
 from . import worker_metrics
 from .upstream import PermanentUpstreamError, SchoolApi, TransientUpstreamError
@@ -79,6 +79,8 @@ class StudentSync:
             return
         if state.status != "pending":
             logger.info("student %s already %s in run %s; duplicate message ignored", idperson, state.status, run_id)
+            # The first delivery may have died between recording the last outcome and finishing the run.
+            retry_on_disconnect(lambda: self._finish_if_complete(run_id))
             return
         if not state.student_exists:
             self._fail(idperson, run_id, "student no longer exists")
@@ -96,6 +98,11 @@ class StudentSync:
         self.record(idperson, run_id, status="failed", error=reason)
         raise StudentSyncFailed(f"student {idperson}: {reason}")
 
+    def _finish_if_complete(self, run_id: int) -> None:
+        with self.engine.connect() as connection:
+            if finish_if_complete(connection, run_id):
+                logger.info("sync run %s finished", run_id)
+
     def _item_state(self, idperson: int, run_id: int) -> Any:
         with self.engine.connect() as connection:
             return connection.execute(_ITEM_STATE, {"run_id": run_id, "idperson": idperson}).one_or_none()
@@ -110,12 +117,14 @@ class StudentSync:
                     {
                         "run_id": run_id,
                         "idperson": idperson,
-                        "shard": idperson % SHARDS,
+                        "shard": shard_of(idperson),
                         "status": status,
                         "error": error,
                         "data": json.dumps(data) if status == "success" else None,
                     },
                 ).one()
+                if counted:
+                    worker_metrics.STUDENTS.labels(status).inc()
                 # Checked too when nothing was counted: a first try may have committed the
                 # last outcome and then lost its connection before finishing the run.
                 if shard_complete or not counted:
@@ -123,8 +132,6 @@ class StudentSync:
                 return bool(counted), False
 
         counted, finished = retry_on_disconnect(work)
-        if counted:
-            worker_metrics.STUDENTS.labels(status).inc()
         if finished:
             logger.info("sync run %s finished", run_id)
         return counted

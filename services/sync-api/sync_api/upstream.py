@@ -59,9 +59,11 @@ class SchoolApi:
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["Accept"] = "application/json"
-            # Proxies from the environment are looked up once here, not on every request
-            # (requests re-reads the environment and ~/.netrc per call when trust_env is on).
-            session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+            # Proxies and CA bundle from the environment are looked up once here, not on every
+            # request (requests re-reads the environment and ~/.netrc per call when trust_env is on).
+            environment = session.merge_environment_settings(self.base_url, {}, None, None, None)
+            session.proxies.update(environment["proxies"])
+            session.verify = environment["verify"]
             session.trust_env = False
             if self.token:
                 session.headers["Authorization"] = f"Bearer {self.token}"
@@ -74,6 +76,9 @@ class SchoolApi:
         started = time.perf_counter()
         try:
             response = self._session().get(url, timeout=self.timeout_s)
+        except requests.exceptions.SSLError as exc:
+            worker_metrics.observe_upstream("tls_error", time.perf_counter() - started)
+            raise PermanentUpstreamError(f"TLS error: {_first_line(exc)}") from None
         except requests.Timeout:
             worker_metrics.observe_upstream("timeout", time.perf_counter() - started)
             raise TransientUpstreamError(f"timed out after {self.timeout_s:g}s") from None
