@@ -11,18 +11,19 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pika
 import requests
 from sqlalchemy import Engine, create_engine, text
+
+from tests import support
+from tests.support import free_port, http_ok, wait_until  # noqa: F401 - the parts use them from here
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -157,31 +158,6 @@ def queue_depth(queue: str) -> int:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str):
-    """Poll ``condition`` until it returns something truthy; raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 def base_env(**overrides: str) -> dict[str, str]:
     """The environment of every process: bench database and vhost, loopback only, quiet logs."""
     env = {k: v for k, v in os.environ.items() if k not in {"UPSTREAM_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
@@ -198,58 +174,27 @@ def base_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-class Service:
-    """A real process in its own process group, its output in a log file; registered until stopped."""
+class Service(support.Service):
+    """A test-suite Service, logged under this run's folder, registered until stopped, and sent
+    SIGTERM if the bench itself dies."""
+
+    popen_options = {"preexec_fn": lambda: _die_with_parent()}
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], ready_url: str | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.ready_url = ready_url
-        self.log_path = _log_dir / f"{name}.log"
-        self.process: subprocess.Popen | None = None
+        super().__init__(name, argv, env, _log_dir, ready_url)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def start(self, timeout: float = 60) -> Service:
-        with open(self.log_path, "ab") as output:
-            self.process = subprocess.Popen(
-                self.argv, env=self.env, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
         _running.append(self)
-        if self.ready_url:
-            wait_until(self._ready, timeout=timeout, what=f"{self.name} at {self.ready_url}")
-        return self
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-        return http_ok(self.ready_url)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return super().start(timeout)
 
     def stop(self, timeout: float = 20) -> None:
-        """SIGTERM the main process only, as Kubernetes does (Dramatiq and gunicorn pass it on to their
-        children; a second SIGTERM would make Dramatiq's workers quit mid-message), then SIGKILL the group."""
         if self in _running:
             _running.remove(self)
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} did not stop within {timeout:.0f}s; killing it")
-        _killpg(self.process, signal.SIGKILL)  # whatever is left of the group, children included
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        super().stop(timeout)
 
 
 def _die_with_parent() -> None:
@@ -258,15 +203,6 @@ def _die_with_parent() -> None:
 
 
 _PR_SET_PDEATHSIG = 1
-
-
-def _killpg(process: subprocess.Popen | None, sig: int) -> None:
-    if process is None:
-        return
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def running() -> list[Service]:

@@ -99,6 +99,9 @@ class Service:
       ready_url(str | None): a URL that answers 200 once the process is ready.
     """
 
+    #: More ``subprocess.Popen`` options (the benchmarks add a parent-death signal).
+    popen_options: dict = {}
+
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, ready_url: str | None = None):
         self.name = name
         self.argv = argv
@@ -110,7 +113,8 @@ class Service:
     def start(self, timeout: float = 30) -> Service:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            **self.popen_options,
         )
         log.close()
         if self.ready_url:
