@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ConfigError
 
 #: Where each worker serves ``/metrics`` when ``METRICS_PORT`` is unset.
-DEFAULT_METRICS_PORTS = {"sync-worker": 9191, "mailer": 9192, "booking-expiry": 9193, "sync-api": 8000}
+DEFAULT_METRICS_PORTS = {"sync-worker": 9191, "mailer": 9192, "booking-expiry": 9193}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +47,6 @@ class Settings:
     host: str = "0.0.0.0"
     #: Connections each process keeps open (default 5); a worker's default is its thread count.
     db_pool_size: int | None = None
-    demo_data: bool = False
     log_level: str = "INFO"
 
     def require(self, name: str) -> str:
@@ -148,7 +147,6 @@ _PARSERS: dict[str, Any] = {
     "port": _port,
     "host": str.strip,
     "db_pool_size": _positive_int,
-    "demo_data": _bool,
     "log_level": _one_of("debug", "info", "warning", "error"),
 }
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from antrian.config import load_settings
 from antrian.metrics import mark_process_dead, prepare_multiprocess_dir
 
-prepare_multiprocess_dir("sync-api", load_settings().port)
-
 worker_class = "gthread"
 workers = 2
 threads = 8
@@ -30,6 +28,11 @@ logconfig_dict = {
 }
 # Nothing that opens a connection is loaded before the fork (Dramatiq's broker is not process-safe).
 preload_app = False
+
+
+def on_starting(server) -> None:
+    """Once, in the master before any worker: an empty metrics folder (not again on a HUP reload)."""
+    prepare_multiprocess_dir("sync-api", load_settings().port)
 
 
 def child_exit(server, worker) -> None:
