@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import re
 import signal
 import statistics
@@ -145,14 +144,7 @@ def delete_queues(queues) -> None:
 
 
 def queue_depth(queue: str) -> int:
-    connection = amqp_connection()
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if connection.is_open:
-            connection.close()
+    return support.queue_depth(queue, BROKER_URL)
 
 
 # --------------------------------------------------------------------------- processes
@@ -160,18 +152,10 @@ def queue_depth(queue: str) -> int:
 
 def base_env(**overrides: str) -> dict[str, str]:
     """The environment of every process: bench database and vhost, loopback only, quiet logs."""
-    env = {k: v for k, v in os.environ.items() if k not in {"UPSTREAM_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
-    env.update(
-        DATABASE_URL=DATABASE_URL,
-        BROKER_URL=BROKER_URL,
-        API_TOKEN=API_TOKEN,
-        PYTHONUNBUFFERED="1",
-        PROMETHEUS_MULTIPROC_BASE=str(_log_dir),
-        dramatiq_prom_host="127.0.0.1",
-        LOG_LEVEL="info",
+    settings = {"PROMETHEUS_MULTIPROC_BASE": str(_log_dir), "dramatiq_prom_host": "127.0.0.1", "LOG_LEVEL": "info"}
+    return support.process_env(
+        database_url=DATABASE_URL, broker_url=BROKER_URL, api_token=API_TOKEN, **{**settings, **overrides}
     )
-    env.update(overrides)
-    return env
 
 
 class Service(support.Service):

@@ -35,18 +35,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def base_env(**overrides: str) -> dict[str, str]:
-    """The environment every antrian process of the tests gets: test database, test vhost, token."""
+def process_env(*, database_url: str, broker_url: str, api_token: str, **overrides: str) -> dict[str, str]:
+    """This environment, pointed at one database, vhost and token, without a school API or metrics folder."""
     env = {k: v for k, v in os.environ.items() if k not in {"UPSTREAM_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
-    env.update(
-        DATABASE_URL=DATABASE_URL,
-        BROKER_URL=BROKER_URL,
-        API_TOKEN=API_TOKEN,
-        PYTHONUNBUFFERED="1",
-        UPSTREAM_TIMEOUT_S="5",
-    )
+    env.update(DATABASE_URL=database_url, BROKER_URL=broker_url, API_TOKEN=api_token, PYTHONUNBUFFERED="1")
     env.update(overrides)
     return env
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """The environment every antrian process of the tests gets: test database, test vhost, token."""
+    overrides = {"UPSTREAM_TIMEOUT_S": "5", **overrides}
+    return process_env(database_url=DATABASE_URL, broker_url=BROKER_URL, api_token=API_TOKEN, **overrides)
 
 
 def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.1, what: str = "condition"):
@@ -167,8 +167,8 @@ def purge_queues(queues=SYNC_QUEUES) -> None:
         connection.close()
 
 
-def queue_depth(queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+def queue_depth(queue: str, broker_url: str = BROKER_URL) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
     except pika.exceptions.ChannelClosedByBroker:
