@@ -123,15 +123,13 @@ class StudentSync:
                         "data": json.dumps(data) if status == "success" else None,
                     },
                 ).one()
-                if counted:
-                    worker_metrics.STUDENTS.labels(status).inc()
-                # Checked too when nothing was counted: a first try may have committed the
-                # last outcome and then lost its connection before finishing the run.
-                if shard_complete or not counted:
-                    return bool(counted), finish_if_complete(connection, run_id)
-                return bool(counted), False
+            if counted:
+                worker_metrics.STUDENTS.labels(status).inc()
+            return bool(counted), shard_complete
 
-        counted, finished = retry_on_disconnect(work)
-        if finished:
-            logger.info("sync run %s finished", run_id)
+        counted, shard_complete = retry_on_disconnect(work)
+        # Checked too when nothing was counted: a first try may have committed the last outcome
+        # and then lost its connection before it could finish the run.
+        if shard_complete or not counted:
+            retry_on_disconnect(lambda: self._finish_if_complete(run_id))
         return counted
