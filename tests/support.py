@@ -38,7 +38,10 @@ def free_port() -> int:
 def process_env(*, database_url: str, broker_url: str, api_token: str, **overrides: str) -> dict[str, str]:
     """This environment, pointed at one database, vhost and token, without a school API or metrics folder."""
     env = {k: v for k, v in os.environ.items() if k not in {"UPSTREAM_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
-    env.update(DATABASE_URL=database_url, BROKER_URL=broker_url, API_TOKEN=api_token, PYTHONUNBUFFERED="1")
+    # HOST too: a shell's own HOST (zsh exports one) must not move sync-api off loopback.
+    env.update(
+        DATABASE_URL=database_url, BROKER_URL=broker_url, API_TOKEN=api_token, HOST="127.0.0.1", PYTHONUNBUFFERED="1"
+    )
     env.update(overrides)
     return env
 
