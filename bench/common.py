@@ -120,17 +120,7 @@ def amqp_connection() -> pika.BlockingConnection:
 
 
 def purge_queues(queues) -> None:
-    connection = amqp_connection()
-    try:
-        for queue in queues:
-            channel = connection.channel()
-            try:
-                channel.queue_purge(queue)
-            except pika.exceptions.ChannelClosedByBroker:
-                pass  # not declared (yet)
-    finally:
-        if connection.is_open:
-            connection.close()
+    support.purge_queues(queues, BROKER_URL)
 
 
 def delete_queues(queues) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +21,7 @@ from .support import (
     base_env,
     free_port,
     purge_queues,
+    show_output_if_failed,
 )
 
 
@@ -78,10 +78,7 @@ def services(tmp_path, request) -> Iterator[list[Service]]:
     yield started
     for service in started:
         service.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for service in started:
-            sys.stderr.write(f"\n----- {service.name} log -----\n{service.log()[-6000:]}\n")
+    show_output_if_failed(request, {f"{service.name} log": service.log for service in started})
 
 
 @pytest.hookimpl(wrapper=True)

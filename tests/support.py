@@ -71,6 +71,14 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def show_output_if_failed(request, outputs: dict[str, Callable[[], str]], *, tail: int = 6000) -> None:
+    """After a failed test, print the end of each process's output (``request.node.rep_call`` is set by conftest)."""
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for name, output in outputs.items():
+            sys.stderr.write(f"\n----- {name} -----\n{output()[-tail:]}\n")
+
+
 def send_json(handler, status: int, body, headers: dict[str, str] | None = None) -> None:
     """Answer from a test's own ``BaseHTTPRequestHandler``: JSON (or raw bytes) with a length."""
     payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -157,8 +165,8 @@ class Service:
             self.process.wait(10)
 
 
-def purge_queues(queues=SYNC_QUEUES) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+def purge_queues(queues=SYNC_QUEUES, broker_url: str = BROKER_URL) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
         for queue in queues:
             channel = connection.channel()

@@ -17,7 +17,7 @@ import requests
 
 from antrian.demo import seed_students
 
-from .support import API_TOKEN, ROOT, base_env, free_port, wait_until
+from .support import API_TOKEN, ROOT, base_env, free_port, show_output_if_failed, wait_until
 
 READY = "Ctrl-C stops everything."
 
@@ -132,10 +132,7 @@ def dev_run(request):
     yield start
     for run in started:
         run.kill_everything()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for run in started:
-            sys.stderr.write(f"\n----- dev/run.py output -----\n{run.output()[-8000:]}\n")
+    show_output_if_failed(request, {f"dev/run.py output {n}": run.output for n, run in enumerate(started)}, tail=8000)
 
 
 def test_on_an_empty_database_make_run_syncs_500_demo_students_and_ctrl_c_stops_everything(clean, dev_run):
