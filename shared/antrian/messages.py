@@ -49,3 +49,10 @@ SYNC_QUEUE = "sync-pembayaran"
 SYNC_STUDENT_PAYMENT = Contract(SYNC_QUEUE, "sync_student_payment")
 #: ``fan_out_sync_run(run_id)``: publish one SYNC_STUDENT_PAYMENT per student of a run, in batches.
 FAN_OUT_SYNC_RUN = Contract(SYNC_QUEUE, "fan_out_sync_run")
+
+EMAILS_QUEUE = "emails"
+
+#: ``send_invoice_email(booking_id)``: the booking's invoice, with its payment deadline.
+SEND_INVOICE_EMAIL = Contract(EMAILS_QUEUE, "send_invoice_email")
+#: ``send_eticket_email(booking_id)``: the paid booking's e-ticket, with a QR code of its code.
+SEND_ETICKET_EMAIL = Contract(EMAILS_QUEUE, "send_eticket_email")

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, SmallInteger, Text, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -83,3 +98,97 @@ class SyncItem(Base):
     status: Mapped[str] = mapped_column(Text, server_default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None]
+
+
+class Tour(Base):
+    """A tour with ``quota`` seats left; bookings take seats from it and expiry gives them back."""
+
+    __tablename__ = "tours"
+    __table_args__ = (
+        CheckConstraint("quota >= 0", name="tours_quota_not_negative"),
+        CheckConstraint("price >= 0", name="tours_price_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    quota: Mapped[int] = mapped_column(Integer)
+    price: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    starts_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Booking(Base):
+    """A customer's seats on a tour: ``pending`` until paid, or until it expires or is cancelled."""
+
+    __tablename__ = "bookings"
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="bookings_quantity_positive"),
+        CheckConstraint("status IN ('pending', 'paid', 'expired', 'cancelled')", name="bookings_status"),
+        Index("bookings_pending_expires_at", "expires_at", postgresql_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    #: Short, unique, safe to read aloud; also the payment gateway's ``order_id``.
+    code: Mapped[str] = mapped_column(Text, unique=True)
+    tour_id: Mapped[int] = mapped_column(ForeignKey("tours.id"), index=True)
+    customer_name: Mapped[str] = mapped_column(Text)
+    customer_email: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[int] = mapped_column(Integer)
+    total_amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime]
+    paid_at: Mapped[datetime | None]
+
+
+class Payment(Base):
+    """One payment notification as received, with what it did to its booking (``outcome``)."""
+
+    __tablename__ = "payments"
+    __table_args__ = (
+        UniqueConstraint("order_id", "transaction_status", "transaction_id", name="payments_one_per_notification"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    order_id: Mapped[str] = mapped_column(Text)
+    transaction_id: Mapped[str] = mapped_column(Text, server_default="")
+    transaction_status: Mapped[str] = mapped_column(Text)
+    fraud_status: Mapped[str | None] = mapped_column(Text)
+    status_code: Mapped[str] = mapped_column(Text)
+    gross_amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    outcome: Mapped[str] = mapped_column(Text)
+    payload: Mapped[Any] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class OutboxMessage(Base):
+    """A Dramatiq message written in the transaction that made it necessary, until RabbitMQ confirms it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    queue_name: Mapped[str] = mapped_column(Text)
+    #: The encoded Dramatiq message, published as is.
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class EmailDelivery(Base):
+    """One email per booking and kind, ever: ``sent`` is committed before the message is acknowledged."""
+
+    __tablename__ = "email_deliveries"
+    __table_args__ = (
+        CheckConstraint("kind IN ('invoice', 'eticket')", name="email_deliveries_kind"),
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="email_deliveries_status"),
+    )
+
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    #: The stable ``Message-ID`` header of this booking's email of this kind.
+    message_id: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    sent_at: Mapped[datetime | None]

@@ -1,0 +1,76 @@
+"""Seats: a booking takes them from its tour's quota and gives them back exactly once when it ends.
+
+Both run inside the caller's transaction, so that the seats move together with the booking's
+status: the payment notification, the API and the expiry sweep share these two functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import Connection, text
+
+#: Statuses that end a booking and give its seats back.
+ENDED_STATUSES = ("expired", "cancelled")
+
+
+@dataclass(frozen=True)
+class TakenSeats:
+    """What a booking needs to know about the tour it took seats from."""
+
+    tour_id: int
+    price: Decimal
+    quota_left: int
+
+
+@dataclass(frozen=True)
+class EndedBooking:
+    id: int
+    code: str
+    tour_id: int
+    quantity: int
+
+
+def take_seats(connection: Connection, tour_id: int, quantity: int) -> TakenSeats | None:
+    """Take ``quantity`` seats from the tour, or return None when fewer are left (or no such tour).
+
+    One conditional UPDATE: it locks the tour's row until the caller's transaction ends, so
+    concurrent bookings for the last seats queue here and the quota never goes below zero.
+    """
+    row = connection.execute(
+        text("UPDATE tours SET quota = quota - :quantity WHERE id = :tour_id AND quota >= :quantity "
+             "RETURNING id, price, quota"),
+        {"tour_id": tour_id, "quantity": quantity},
+    ).one_or_none()
+    return None if row is None else TakenSeats(tour_id=row.id, price=row.price, quota_left=row.quota)
+
+
+def end_bookings(connection: Connection, booking_ids: Sequence[int], status: str) -> list[EndedBooking]:
+    """End the bookings among ``booking_ids`` that are still pending and give their seats back.
+
+    One statement: a booking paid or ended meanwhile is skipped (PostgreSQL re-checks ``status``
+    after waiting for a concurrent writer's lock), so each booking's seats come back at most
+    once whoever else is ending or paying it. Seats go back with one increment per tour.
+    """
+    if status not in ENDED_STATUSES:
+        raise ValueError(f"a booking ends as one of {ENDED_STATUSES}, not {status!r}")
+    rows = connection.execute(
+        text(
+            """
+            WITH ended AS (
+                UPDATE bookings SET status = :status
+                WHERE id = ANY(:ids) AND status = 'pending'
+                RETURNING id, code, tour_id, quantity
+            ), released AS (
+                UPDATE tours SET quota = tours.quota + seats.quantity
+                FROM (SELECT tour_id, sum(quantity) AS quantity FROM ended GROUP BY tour_id) AS seats
+                WHERE tours.id = seats.tour_id
+            )
+            SELECT id, code, tour_id, quantity FROM ended ORDER BY id
+            """
+        ),
+        {"ids": list(booking_ids), "status": status},
+    ).all()
+    return [EndedBooking(id=row.id, code=row.code, tour_id=row.tour_id, quantity=row.quantity) for row in rows]
