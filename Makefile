@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SERVICES := -e shared -e services/sync-api
+SERVICES := -e shared -e services/sync-api -e services/mailer
 
 .DEFAULT_GOAL := help
 .PHONY: help install services run test bench clean

@@ -1,0 +1,1 @@
+"""mailer: booking invoice and e-ticket emails, each sent once."""
