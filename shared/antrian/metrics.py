@@ -27,8 +27,8 @@ def prepare_multiprocess_dir(service: str, port: int) -> str:
     return path
 
 
-def exposition() -> tuple[bytes, str]:
-    """The current metrics of every process of this service, and their content type."""
+def exposition(*collectors) -> tuple[bytes, str]:
+    """The current metrics of every process of this service (and of ``collectors``), and their content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -36,8 +36,21 @@ def exposition() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
     else:
-        registry = REGISTRY
+        registry = CollectorRegistry()
+        registry.register(_Everything(REGISTRY))
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Everything:
+    """The process's default registry as one collector, so that more can be added beside it per scrape."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        return self.registry.collect()
 
 
 def mark_process_dead(pid: int) -> None:

@@ -14,7 +14,7 @@ import logging
 import threading
 
 import dramatiq
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 
 from .messages import Contract
 from .models import OutboxMessage
@@ -22,7 +22,7 @@ from .publisher import ConfirmedPublisher
 
 logger = logging.getLogger(__name__)
 
-#: PostgreSQL delivers a NOTIFY on this channel when the transaction that wrote a row commits.
+#: A trigger on ``outbox`` notifies this channel; PostgreSQL delivers it when the writing transaction commits.
 CHANNEL = "antrian_outbox"
 #: Rows published per transaction.
 BATCH_SIZE = 500
@@ -35,7 +35,6 @@ MIN_RETRY_S, MAX_RETRY_S = 0.5, 10.0
 def add(connection: Connection, contract: Contract, *args) -> None:
     """Write one message for ``contract`` in the caller's transaction; it leaves only if that commits."""
     connection.execute(insert(OutboxMessage).values(queue_name=contract.queue, body=contract.encode(*args)))
-    connection.execute(text(f"NOTIFY {CHANNEL}"))
 
 
 def backlog(connection: Connection) -> tuple[int, float]:

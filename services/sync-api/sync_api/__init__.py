@@ -35,12 +35,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
 
-    from . import admin, errors, extensions, health, http_metrics, sync_runs_api
+    from . import admin, bookings_api, errors, extensions, health, http_metrics, payments_api, sync_runs_api
 
     extensions.init_app(app)
     errors.init_app(app)
     http_metrics.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(sync_runs_api.bp)
+    app.register_blueprint(bookings_api.bp)
+    app.register_blueprint(payments_api.bp)
     app.register_blueprint(admin.bp)
     return app

@@ -37,3 +37,16 @@ def on_starting(server) -> None:
 
 def child_exit(server, worker) -> None:
     mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker) -> None:
+    """Each web process relays the outbox its requests write (see sync_api.relay)."""
+    from sync_api import relay
+
+    worker.outbox_relay_stop = relay.start(worker.wsgi)
+
+
+def worker_exit(server, worker) -> None:
+    stop = getattr(worker, "outbox_relay_stop", None)
+    if stop is not None:
+        stop.set()

@@ -9,6 +9,7 @@ from antrian.errors import DependencyUnavailable
 from antrian.metrics import exposition
 from antrian.startup import check_broker
 
+from .booking_metrics import DatabaseStateCollector
 from .extensions import get_engine
 
 bp = Blueprint("health", __name__)
@@ -46,5 +47,5 @@ def _check_database(settings) -> None:
 
 @bp.get("/metrics")
 def metrics():
-    body, content_type = exposition()
+    body, content_type = exposition(DatabaseStateCollector(get_engine()))
     return Response(body, content_type=content_type)

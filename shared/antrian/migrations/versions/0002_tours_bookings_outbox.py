@@ -74,6 +74,18 @@ def upgrade() -> None:
         sa.Column("body", sa.LargeBinary, nullable=False),
         sa.Column("created_at", TZ, nullable=False, server_default=sa.func.now()),
     )
+    # Every statement that adds rows wakes the relays (delivered when its transaction commits), whoever
+    # wrote them: the API, a script, or plain SQL.
+    op.execute(
+        """
+        CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NOTIFY antrian_outbox;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+        """
+    )
     op.create_table(
         "email_deliveries",
         sa.Column("booking_id", sa.BigInteger, sa.ForeignKey("bookings.id"), primary_key=True),
@@ -92,3 +104,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("email_deliveries", "outbox", "payments", "bookings", "tours"):
         op.drop_table(table)
+    op.execute("DROP FUNCTION outbox_notify()")
