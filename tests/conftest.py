@@ -62,11 +62,15 @@ def engine(infrastructure) -> Iterator[Engine]:
     engine.dispose()
 
 
+#: Every table a test may fill.
+TABLES = ("students", "sync_runs", "sync_items", "tours", "bookings", "payments", "outbox", "email_deliveries")
+
+
 @pytest.fixture
 def clean(engine: Engine) -> Engine:
     """Empty tables and queues before the test."""
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE students, sync_runs, sync_items RESTART IDENTITY CASCADE"))
+        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     purge_queues()
     return engine
 

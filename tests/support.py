@@ -27,6 +27,8 @@ TEST_VHOST = TEST_DATABASE
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}"
 API_TOKEN = "test-token-0123456789"
 SYNC_QUEUES = ("sync-pembayaran", "sync-pembayaran.DQ", "sync-pembayaran.XQ")
+EMAIL_QUEUES = ("emails", "emails.DQ", "emails.XQ")
+PAYMENT_SERVER_KEY = "SB-Mid-server-test-key"
 
 
 def free_port() -> int:
@@ -48,7 +50,7 @@ def process_env(*, database_url: str, broker_url: str, api_token: str, **overrid
 
 def base_env(**overrides: str) -> dict[str, str]:
     """The environment every antrian process of the tests gets: test database, test vhost, token."""
-    overrides = {"UPSTREAM_TIMEOUT_S": "5", **overrides}
+    overrides = {"UPSTREAM_TIMEOUT_S": "5", "PAYMENT_SERVER_KEY": PAYMENT_SERVER_KEY, **overrides}
     return process_env(database_url=DATABASE_URL, broker_url=BROKER_URL, api_token=API_TOKEN, **overrides)
 
 
@@ -165,7 +167,7 @@ class Service:
             self.process.wait(10)
 
 
-def purge_queues(queues=SYNC_QUEUES, broker_url: str = BROKER_URL) -> None:
+def purge_queues(queues=SYNC_QUEUES + EMAIL_QUEUES, broker_url: str = BROKER_URL) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
         for queue in queues:
@@ -187,3 +189,18 @@ def queue_depth(queue: str, broker_url: str = BROKER_URL) -> int:
     finally:
         if connection.is_open:
             connection.close()
+
+
+def take_messages(queue: str, broker_url: str = BROKER_URL) -> list[dict]:
+    """Consume and return every message waiting on ``queue`` (decoded Dramatiq messages)."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    messages = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append(json.loads(body))
+    finally:
+        connection.close()

@@ -1,0 +1,127 @@
+"""Payment notifications (Midtrans format) through the real sync-api, PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from sqlalchemy import text
+
+from ..bookings import book, create_tour, notification, notify
+from ..support import queue_depth, take_messages, wait_until
+
+
+@pytest.fixture
+def web(clean, start_web):
+    return start_web(PAYMENT_SIMULATOR="true")
+
+
+def booking_state(engine, booking_id) -> dict:
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT b.status, b.paid_at, t.quota, (SELECT count(*) FROM payments p WHERE p.booking_id = b.id) "
+                 "AS payments FROM bookings b JOIN tours t ON t.id = b.tour_id WHERE b.id = :id"),
+            {"id": booking_id},
+        ).one()
+    return dict(row._mapping)
+
+
+def new_booking(web, auth, *, quota_=10, quantity=2, queue_invoice_drained=True) -> dict:
+    tour = create_tour(web, auth, quota=quota_, price=750_000)
+    booking = book(web, auth, tour["id"], quantity=quantity).json()
+    if queue_invoice_drained:
+        wait_until(lambda: queue_depth("emails") == 1, timeout=10, what="the invoice message")
+        take_messages("emails")
+    return {**booking, "tour_id": tour["id"]}
+
+
+def test_settlement_marks_paid_and_queues_one_eticket_and_a_repeat_changes_nothing(web, auth, engine):
+    booking = new_booking(web, auth)
+    body = notification(booking["code"], "settlement", booking["total_amount"])
+    first = notify(web, body)
+    assert first.status_code == 200 and first.json()["outcome"] == "paid", first.text
+    state = booking_state(engine, booking["id"])
+    assert state["status"] == "paid" and state["paid_at"] is not None and state["quota"] == 8
+    wait_until(lambda: queue_depth("emails") == 1, timeout=10, what="the e-ticket message")
+
+    again = notify(web, body)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert booking_state(engine, booking["id"]) == state
+    [message] = take_messages("emails")
+    assert (message["actor_name"], message["args"]) == ("send_eticket_email", [booking["id"]])
+    assert queue_depth("emails") == 0
+
+
+@pytest.mark.parametrize(
+    ("transaction_status", "fraud_status", "status"),
+    [("capture", "accept", "paid"), ("capture", "challenge", "pending"), ("pending", None, "pending"),
+     ("expire", None, "expired"), ("cancel", None, "cancelled"), ("deny", None, "cancelled")],
+)
+def test_each_transaction_status_does_what_it_says(web, auth, engine, transaction_status, fraud_status, status):
+    booking = new_booking(web, auth)
+    extra = {"fraud_status": fraud_status} if fraud_status else {}
+    body = notification(booking["code"], transaction_status, booking["total_amount"], **extra)
+    for _ in range(2):  # the second time changes nothing
+        assert notify(web, body).status_code == 200
+        state = booking_state(engine, booking["id"])
+        assert state["status"] == status and state["payments"] == 1
+        # Seats come back exactly once when the booking ends; they stay taken otherwise.
+        assert state["quota"] == (10 if status in ("expired", "cancelled") else 8)
+
+
+def test_a_settlement_after_expiry_takes_the_seats_again_or_records_money_to_refund(web, auth, engine):
+    lucky = new_booking(web, auth, quota_=2, quantity=2)
+    assert notify(web, notification(lucky["code"], "expire", lucky["total_amount"])).status_code == 200
+    assert booking_state(engine, lucky["id"])["quota"] == 2
+    late = notify(web, notification(lucky["code"], "settlement", lucky["total_amount"]))
+    assert late.json()["outcome"] == "paid_after_expiry"
+    assert booking_state(engine, lucky["id"])["status"] == "paid" and booking_state(engine, lucky["id"])["quota"] == 0
+    wait_until(lambda: queue_depth("emails") == 1, timeout=10, what="the late e-ticket")
+    take_messages("emails")
+
+    unlucky = new_booking(web, auth, quota_=2, quantity=2)
+    notify(web, notification(unlucky["code"], "expire", unlucky["total_amount"]))
+    other = book(web, auth, unlucky["tour_id"], quantity=2)  # someone else takes the seats meanwhile
+    assert other.status_code == 201
+    late = notify(web, notification(unlucky["code"], "settlement", unlucky["total_amount"]))
+    assert late.status_code == 200 and late.json()["outcome"] == "refund_due"
+    state = booking_state(engine, unlucky["id"])
+    assert state["status"] == "expired" and state["quota"] == 0 and state["payments"] == 2
+    metrics = requests.get(f"{web}/metrics").text
+    assert "antrian_payments_refund_due 1.0" in metrics
+    assert 'antrian_payments_total{outcome="refund_due"} 1.0' in metrics
+
+
+def test_bad_notifications_get_a_clear_4xx_and_change_nothing(web, auth, engine):
+    booking = new_booking(web, auth)
+    good = notification(booking["code"], "settlement", booking["total_amount"])
+    cases = [
+        ({**good, "signature_key": "0" * 128}, 401, "signature"),
+        (notification(booking["code"], "settlement", booking["total_amount"], key="another-key"), 401, "signature"),
+        (notification(booking["code"], "settlement", "1.00"), 400, "gross_amount"),
+        (notification("NOPE-NOPE", "settlement", booking["total_amount"]), 404, "NOPE-NOPE"),
+        ({k: v for k, v in good.items() if k != "order_id"}, 400, "order_id"),
+        ({**good, "gross_amount": 750000}, 400, "gross_amount"),
+        (notification(booking["code"], "settlement", "lots"), 400, "gross_amount"),
+    ]
+    for body, status, words in cases:
+        response = notify(web, body)
+        assert response.status_code == status, (body, response.text)
+        assert words in response.json()["error"], response.text
+    malformed = requests.post(f"{web}/api/payments/notification", data="{not json")
+    assert malformed.status_code == 400 and malformed.json()["error"] == "malformed JSON body"
+    state = booking_state(engine, booking["id"])
+    assert state == {"status": "pending", "paid_at": None, "quota": 8, "payments": 0}
+    assert queue_depth("emails") == 0
+
+
+def test_the_simulator_settles_a_booking_only_when_enabled(web, auth, engine, start_web):
+    booking = new_booking(web, auth)
+    assert requests.post(f"{web}/api/payments/simulate", json={"code": booking["code"]}).status_code == 401
+    assert requests.post(f"{web}/api/payments/simulate", headers=auth, json={"code": "XXXX-XXXX"}).status_code == 404
+    response = requests.post(f"{web}/api/payments/simulate", headers=auth, json={"code": booking["code"]})
+    assert response.status_code == 200 and response.json()["status"] == "paid"
+    assert booking_state(engine, booking["id"])["status"] == "paid"
+
+    disabled = start_web(PAYMENT_SIMULATOR="false")
+    refused = requests.post(f"{disabled}/api/payments/simulate", headers=auth, json={"code": booking["code"]})
+    assert refused.status_code == 404 and "PAYMENT_SIMULATOR" in refused.json()["error"]
