@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -204,3 +205,31 @@ def take_messages(queue: str, broker_url: str = BROKER_URL) -> list[dict]:
             messages.append(json.loads(body))
     finally:
         connection.close()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, capture_output=True)
+
+
+@contextmanager
+def rabbitmq_stopped() -> Iterator[None]:
+    """Stop this machine's RabbitMQ for real, and start it again however the block ends."""
+    _rabbitmqctl("stop_app")
+    try:
+        yield
+    finally:
+        _rabbitmqctl("start_app")
+        _rabbitmqctl("await_startup")
+
+
+def restart_rabbitmq() -> None:
+    with rabbitmq_stopped():
+        time.sleep(2)
+
+
+def restart_postgresql() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True, timeout=120, capture_output=True,
+    )

@@ -129,6 +129,10 @@ class OutboxRelay:
         self._reset()
         _close_quietly(listener)
 
+    def close(self) -> None:
+        """Close the publishing connection (``run`` does it when stopped)."""
+        self._reset()
+
     def _listen(self):
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql(f"LISTEN {CHANNEL}")

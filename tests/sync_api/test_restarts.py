@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from dataclasses import replace
 
 import pytest
@@ -14,25 +11,10 @@ from antrian.config import load_settings
 from antrian.demo import seed_students
 from antrian.sync_runs import get_run, start_run
 
-from ..support import BROKER_URL, DATABASE_URL, wait_until
+from ..support import BROKER_URL, DATABASE_URL, restart_postgresql, restart_rabbitmq, wait_until
 from .helpers import assert_exact_outcome, expected_failures
 
 PERMANENT = 0.02
-
-
-def restart_rabbitmq() -> None:
-    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=120, capture_output=True)
-    time.sleep(2)
-    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, timeout=120, capture_output=True)
-
-
-def restart_postgresql() -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[0]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
-        check=True, timeout=120, capture_output=True,
-    )
 
 
 def processed(engine, run_id) -> int:
