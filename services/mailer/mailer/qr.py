@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import NamedTuple
 
 import segno
 
@@ -10,8 +11,16 @@ import segno
 SCALE, BORDER = 6, 4
 
 
-def qr_png(text: str) -> bytes:
+class QrImage(NamedTuple):
+    png: bytes
+    #: Width and height in pixels (the image is square).
+    size: int
+
+
+def qr_png(text: str) -> QrImage:
     """A regular QR code (never a Micro QR, which many scanners cannot read) of ``text``."""
+    code = segno.make_qr(text, error="m")
     buffer = io.BytesIO()
-    segno.make_qr(text, error="m").save(buffer, kind="png", scale=SCALE, border=BORDER)
-    return buffer.getvalue()
+    code.save(buffer, kind="png", scale=SCALE, border=BORDER)
+    width, _ = code.symbol_size(scale=SCALE, border=BORDER)
+    return QrImage(buffer.getvalue(), width)
