@@ -1,0 +1,201 @@
+"""SmtpTransport against a real SMTP server (aiosmtpd on loopback), and FileTransport's .eml files."""
+
+from __future__ import annotations
+
+import threading
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from mailer.errors import EmailDeferred, EmailRefused
+from mailer.transport import FileTransport, SmtpTransport
+from tests.support import free_port, wait_until
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps what it receives and refuses some recipients on purpose."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[tuple[str, int], str, bytes]] = []  # (client address, auth login, content)
+        self.sessions = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("refused@"):
+            return "550 5.1.1 No such mailbox"
+        if address.startswith("greylisted@"):
+            return "451 4.7.1 Greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if any(address.startswith("spam@") for address in envelope.rcpt_tos):
+            return "554 5.7.1 Message rejected as spam"
+        login = session.auth_data.login.decode() if session.authenticated else None
+        self.received.append((session.peer, login, envelope.original_content))
+        self.sessions.append(server)
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def mailbox():
+    yield from _serve(Mailbox())
+
+
+def _serve(handler, **smtp):
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **smtp)
+    controller.start()
+    try:
+        yield handler, controller
+    finally:
+        controller.stop()
+
+
+def _email(to: str = "siti@example.com", subject: str = "Invoice K7QM-2XH9") -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "antrian <noreply@example.com>"
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = "<invoice.K7QM-2XH9@example.com>"
+    message.set_content("Booking K7QM-2XH9\n")
+    return message
+
+
+def _transport(controller, **options) -> SmtpTransport:
+    return SmtpTransport(host=controller.hostname, port=controller.port, timeout_s=5, **options)
+
+
+def test_one_connection_carries_many_emails(mailbox):
+    handler, controller = mailbox
+    transport = _transport(controller)
+    try:
+        transport.send(_email(subject="first"), name="invoice-A")
+        transport.send(_email(subject="second"), name="invoice-B")
+    finally:
+        transport.close()
+    assert len(handler.received) == 2
+    (first_peer, _, first), (second_peer, _, second) = handler.received
+    assert first_peer == second_peer
+    assert b"Subject: first" in first and b"Subject: second" in second
+
+
+def test_each_thread_has_its_own_connection(mailbox):
+    handler, controller = mailbox
+    transport = _transport(controller)
+
+    def send_and_close() -> None:
+        transport.send(_email(), name="invoice-A")
+        transport.close()
+
+    threads = [threading.Thread(target=send_and_close) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert len({peer for peer, _, _ in handler.received}) == 2
+
+
+def test_a_dropped_connection_is_replaced_before_the_next_email(mailbox):
+    handler, controller = mailbox
+    transport = _transport(controller)
+    try:
+        transport.send(_email(subject="before"), name="invoice-A")
+        server = handler.sessions[-1]
+        controller.loop.call_soon_threadsafe(server.transport.close)
+        wait_until(lambda: server.transport is None, timeout=5, what="the server to drop the connection")
+        transport.send(_email(subject="after"), name="invoice-B")
+    finally:
+        transport.close()
+    (first_peer, _, _), (second_peer, _, content) = handler.received
+    assert first_peer != second_peer
+    assert b"Subject: after" in content
+
+
+@pytest.mark.parametrize("recipient", ["refused@example.com", "spam@example.com"])
+def test_a_5xx_refusal_is_permanent_and_the_connection_stays_usable(mailbox, recipient):
+    handler, controller = mailbox
+    transport = _transport(controller)
+    try:
+        with pytest.raises(EmailRefused) as refused:
+            transport.send(_email(to=recipient), name="invoice-A")
+        assert refused.value.code in (550, 554)
+        transport.send(_email(), name="invoice-B")
+    finally:
+        transport.close()
+    assert len(handler.received) == 1
+
+
+def test_a_4xx_reply_is_a_deferral(mailbox):
+    handler, controller = mailbox
+    transport = _transport(controller)
+    try:
+        with pytest.raises(EmailDeferred) as deferred:
+            transport.send(_email(to="greylisted@example.com"), name="invoice-A")
+    finally:
+        transport.close()
+    assert deferred.value.code == 451
+    assert not isinstance(deferred.value, EmailRefused)
+    assert handler.received == []
+
+
+def test_no_server_is_a_deferral():
+    transport = SmtpTransport(host="127.0.0.1", port=free_port(), timeout_s=2)
+    with pytest.raises(EmailDeferred, match="cannot connect"):
+        transport.send(_email(), name="invoice-A")
+
+
+class Accounts:
+    def __init__(self, **passwords: str) -> None:
+        self.passwords = passwords
+        self.tried: list[str] = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        assert isinstance(auth_data, LoginPassword)
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        self.tried.append(login)
+        if self.passwords.get(login) != password:
+            return AuthResult(success=False, handled=False)  # handled=False: aiosmtpd replies 535
+        return AuthResult(success=True, auth_data=auth_data)
+
+
+@pytest.fixture
+def authenticating_mailbox():
+    accounts = Accounts(mailer="s3cret")
+    for handler, controller in _serve(Mailbox(), authenticator=accounts, auth_require_tls=False):
+        yield handler, controller, accounts
+
+
+def test_username_and_password_log_in(authenticating_mailbox):
+    handler, controller, accounts = authenticating_mailbox
+    transport = _transport(controller, username="mailer", password="s3cret")
+    try:
+        transport.send(_email(), name="invoice-A")
+        transport.send(_email(), name="invoice-B")
+    finally:
+        transport.close()
+    assert accounts.tried == ["mailer"]  # once, for the one connection
+    assert [login for _, login, _ in handler.received] == ["mailer", "mailer"]
+
+
+def test_a_wrong_password_is_a_deferral(authenticating_mailbox):
+    handler, controller, accounts = authenticating_mailbox
+    transport = _transport(controller, username="mailer", password="wrong")
+    with pytest.raises(EmailDeferred, match="535"):
+        transport.send(_email(), name="invoice-A")
+    assert handler.received == []
+
+
+def test_file_transport_writes_a_whole_eml_file(tmp_path):
+    folder = tmp_path / "mail" / "out"
+    transport = FileTransport(folder)
+    path = transport.send(_email(), name="invoice-K7QM-2XH9")
+    assert path.parent == folder
+    assert path.name.endswith("-invoice-K7QM-2XH9.eml")
+    assert [file.name for file in folder.iterdir()] == [path.name]  # no temporary file left behind
+    parsed = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert parsed["Subject"] == "Invoice K7QM-2XH9"
+    assert parsed["Message-ID"] == "<invoice.K7QM-2XH9@example.com>"
+    assert parsed.get_content().strip() == "Booking K7QM-2XH9"
