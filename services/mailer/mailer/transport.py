@@ -159,6 +159,7 @@ class FileTransport:
             try:
                 with os.fdopen(descriptor, "wb") as file:
                     file.write(bytes(message))
+                os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from a mail viewer run as someone else
                 os.replace(temporary, path)
             except BaseException:
                 os.unlink(temporary)
