@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, text
@@ -30,6 +31,19 @@ def student_count(engine: Engine) -> int:
         return connection.execute(text("SELECT count(*) FROM students")).scalar_one()
 
 
+def tours(engine: Engine) -> list:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT name, quota, price, starts_at FROM tours ORDER BY id")).all()
+
+
+@pytest.fixture
+def no_tours(clean: Engine) -> Engine:
+    """``clean``, and no tours (nor bookings of them) either."""
+    with clean.begin() as connection:
+        connection.execute(text("TRUNCATE tours RESTART IDENTITY CASCADE"))
+    return clean
+
+
 @pytest.fixture
 def leaves_nothing_running(clean: Engine) -> Iterator[Engine]:
     """``clean``, and afterwards no run left "running" and no fan-out left queued for later tests."""
@@ -46,20 +60,61 @@ def test_seed_demo_adds_students_only_once(clean):
     assert student_count(clean) == 0
 
     # When a user seeds 50 demo students
-    first = antrian("seed-demo", "--students", "50")
+    first = antrian("seed-demo", "--students", "50", "--tours", "0")
 
     # Then 50 are added and said so
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "added 50 demo students"
+    assert first.stdout.splitlines() == ["added 50 demo students", "added 0 demo tours"]
     assert student_count(clean) == 50
 
     # When they run the same command again
-    second = antrian("seed-demo", "--students", "50")
+    second = antrian("seed-demo", "--students", "50", "--tours", "0")
 
     # Then nothing is added twice
     assert second.returncode == 0, second.stderr
-    assert second.stdout.strip() == "added 0 demo students"
+    assert second.stdout.splitlines() == ["added 0 demo students", "added 0 demo tours"]
     assert student_count(clean) == 50
+
+
+def test_seed_demo_adds_tours_to_book_in_the_coming_weeks(no_tours):
+    # When a user seeds 3 demo tours
+    result = antrian("seed-demo", "--students", "0", "--tours", "3")
+
+    # Then 3 are added and said so
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["added 0 demo students", "added 3 demo tours"]
+
+    # And they are real tours: named, 20 to 40 seats, a price in whole rupiah, leaving in 2 to 12 weeks
+    added = tours(no_tours)
+    assert len(added) == 3 and len({tour.name for tour in added}) == 3
+    now = datetime.now(UTC)
+    for tour in added:
+        assert tour.name.strip() and 20 <= tour.quota <= 40
+        assert tour.price >= 100_000 and tour.price == tour.price.to_integral_value()
+        assert now + timedelta(days=13) < tour.starts_at < now + timedelta(weeks=12, days=1)
+
+
+def test_seed_demo_if_empty_fills_only_the_empty_tables(no_tours):
+    # Given students but no tours
+    assert antrian("seed-demo", "--students", "10", "--tours", "0").returncode == 0
+
+    # When make run seeds what is empty
+    first = antrian("seed-demo", "--if-empty", "--tours", "4")
+
+    # Then the tours are added and the students left alone
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["students exist already; no demo students added", "added 4 demo tours"]
+    assert (student_count(no_tours), len(tours(no_tours))) == (10, 4)
+
+    # When it does so again
+    second = antrian("seed-demo", "--if-empty", "--tours", "4")
+
+    # Then nothing is added
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == [
+        "students exist already; no demo students added", "tours exist already; no demo tours added"
+    ]
+    assert (student_count(no_tours), len(tours(no_tours))) == (10, 4)
 
 
 def test_sync_start_wait_draws_a_bar_and_prints_the_finished_run(clean, start_school_api, start_worker):

@@ -44,16 +44,20 @@ def migrate() -> None:
 
 @main.command("seed-demo")
 @click.option("--students", "students", type=click.IntRange(min=0), default=500, show_default=True)
-@click.option("--if-empty", is_flag=True, help="Only seed when there are no students yet.")
-def seed_demo(students: int, if_empty: bool) -> None:
-    """Insert demo students for development."""
+@click.option("--tours", "tours", type=click.IntRange(0, 10_000), default=5, show_default=True)
+@click.option("--if-empty", is_flag=True, help="Add students only when there are none, and tours likewise.")
+def seed_demo(students: int, tours: int, if_empty: bool) -> None:
+    """Insert demo students and tours for development."""
     settings = settings_or_exit("antrian seed-demo", broker=False)
     engine = db.make_engine(settings.database_url)
     if if_empty and demo.has_students(engine):
-        click.echo("students exist already; no demo data added")
-        return
-    added = demo.seed_students(engine, students)
-    click.echo(f"added {added} demo students")
+        click.echo("students exist already; no demo students added")
+    else:
+        click.echo(f"added {demo.seed_students(engine, students)} demo students")
+    if if_empty and demo.has_tours(engine):
+        click.echo("tours exist already; no demo tours added")
+    else:
+        click.echo(f"added {demo.seed_tours(engine, tours)} demo tours")
 
 
 @main.group()
