@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -40,18 +44,22 @@ class Mailbox:
         return "250 Message accepted"
 
 
-@pytest.fixture
-def mailbox():
-    yield from _serve(Mailbox())
-
-
-def _serve(handler, **smtp):
+@contextmanager
+def serving(handler, **smtp) -> Iterator[Controller]:
+    """An aiosmtpd server on a free loopback port, in its own thread, for the ``with`` block."""
     controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **smtp)
     controller.start()
     try:
-        yield handler, controller
+        yield controller
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def mailbox():
+    handler = Mailbox()
+    with serving(handler) as controller:
+        yield handler, controller
 
 
 def _email(to: str = "siti@example.com", subject: str = "Invoice K7QM-2XH9") -> EmailMessage:
@@ -163,8 +171,8 @@ class Accounts:
 
 @pytest.fixture
 def authenticating_mailbox():
-    accounts = Accounts(mailer="s3cret")
-    for handler, controller in _serve(Mailbox(), authenticator=accounts, auth_require_tls=False):
+    handler, accounts = Mailbox(), Accounts(mailer="s3cret")
+    with serving(handler, authenticator=accounts, auth_require_tls=False) as controller:
         yield handler, controller, accounts
 
 
@@ -186,6 +194,47 @@ def test_a_wrong_password_is_a_deferral(authenticating_mailbox):
     with pytest.raises(EmailDeferred, match="535"):
         transport.send(_email(), name="invoice-A")
     assert handler.received == []
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, as file paths."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=30,
+    )
+    return cert, key
+
+
+def _server_tls(certificate) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+@pytest.mark.parametrize("security", ["starttls", "ssl"])
+def test_tls_with_a_verified_certificate(certificate, security):
+    handler = Mailbox()
+    if security == "ssl":
+        tls = {"ssl_context": _server_tls(certificate)}  # TLS from the first byte
+    else:
+        tls = {"tls_context": _server_tls(certificate), "require_starttls": True}  # no MAIL before STARTTLS
+    with serving(handler, **tls) as controller:
+        trusting = ssl.create_default_context(cafile=certificate[0])
+        transport = _transport(controller, security=security, tls_context=trusting)
+        try:
+            transport.send(_email(), name="invoice-A")
+            transport.send(_email(), name="invoice-B")
+        finally:
+            transport.close()
+        untrusting = _transport(controller, security=security)  # the system's CAs do not know this certificate
+        with pytest.raises(EmailDeferred, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusting.send(_email(), name="invoice-C")
+    assert len(handler.received) == 2
+    assert handler.received[0][0] == handler.received[1][0]
 
 
 def test_file_transport_writes_a_whole_eml_file(tmp_path):

@@ -46,16 +46,18 @@ class SmtpTransport:
     Parameters:
       security: ``none``, ``starttls`` (upgrade after connecting) or ``ssl`` (TLS from the start).
       username, password: log in (AUTH) when a username is given.
+      tls_context: how the server's certificate is checked; by default against the system's CAs.
     """
 
     def __init__(self, *, host: str, port: int, security: str = "none", username: str | None = None,
-                 password: str | None = None, timeout_s: float = SMTP_TIMEOUT_S) -> None:
+                 password: str | None = None, timeout_s: float = SMTP_TIMEOUT_S,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         if security not in ("none", "starttls", "ssl"):
             raise ValueError(f"unknown SMTP security {security!r}")
         self.host, self.port, self.security = host, port, security
         self.username, self.password = username, password
         self.timeout_s = timeout_s
-        self._tls = ssl.create_default_context() if security != "none" else None
+        self._tls = tls_context or ssl.create_default_context()
         self._local = threading.local()
 
     @classmethod
