@@ -4,18 +4,24 @@ Like honcho or foreman: each child's output lines carry its name, Ctrl-C (or SIG
 all, and when one child dies the others are stopped and this exits non-zero, naming it.
 
 Every variable of SPEC's configuration is passed through from the environment. Besides those:
-  DEMO_DATA (default ``true``)         seed demo students into an empty database
+  DEMO_DATA (default ``true``)         seed demo students and tours into an empty database
   DEV_SCHOOL_API_PORT (default 8081)   where the development school API listens; it is started
                                        only when UPSTREAM_BASE_URL is unset
+  MAIL_SINK_SMTP_PORT (default 1025)   where the development mail sink takes mail; it is started only
+  MAIL_SINK_PORT (default 8025)        when SMTP_HOST and SMTP_PORT are unset (and MAIL_BACKEND is smtp),
+  MAIL_SINK_DIR (var/mail-sink)        shows what it got on its web page and keeps it as .eml files
   METRICS_PORT (default 9191)          sync-worker's metrics port; each further worker takes the
                                        next port (offset), as SPEC's defaults 9191/9192/9193 do
-When API_TOKEN is unset a development token is generated and printed.
+PAYMENT_SIMULATOR defaults to ``true`` here, so a person can pay for a booking. When API_TOKEN or
+PAYMENT_SERVER_KEY is unset a development value is generated and printed.
 
-Adding a service is one ``Child`` entry in ``CHILDREN``. Standard library only.
+Adding a service is one ``Child`` entry in ``CHILDREN``. Standard library only, but for the query that
+finds a demo tour for the printed example.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -38,9 +44,16 @@ def upstream_unset(environ: Mapping[str, str]) -> bool:
     return not environ.get("UPSTREAM_BASE_URL", "").strip()
 
 
+def smtp_unset(environ: Mapping[str, str]) -> bool:
+    """SMTP_HOST and SMTP_PORT left at their defaults: the mail goes to the development mail sink."""
+    return (not environ.get("SMTP_HOST", "").strip() and not environ.get("SMTP_PORT", "").strip()
+            and environ.get("MAIL_BACKEND", "").strip().lower() in {"", "smtp"})
+
+
 @dataclass(frozen=True)
 class Child:
-    """A process to run. ``argv`` and ``ready`` are filled in with ``{port}``, ``{dev_port}``, ``{metrics_port}``."""
+    """A process to run. ``argv`` and ``ready`` are filled in with ``{port}``, ``{metrics_port}`` and the
+    development stand-ins' ``{dev_port}``, ``{sink_port}``, ``{sink_smtp_port}``."""
 
     name: str
     argv: tuple[str, ...]  # argv[0] is a program in .venv/bin
@@ -54,10 +67,16 @@ CHILDREN = [
           ("dev-school-api", "--port", "{dev_port}", "--latency-ms", "50", "--transient-rate", "0.1",
            "--permanent-rate", "0.02"),
           condition=upstream_unset, ready="http://127.0.0.1:{dev_port}/healthz"),
+    Child("mail-sink",
+          ("python", "dev/mail_sink.py", "--host", "127.0.0.1", "--smtp-port", "{sink_smtp_port}",
+           "--web-port", "{sink_port}"),
+          condition=smtp_unset, ready="http://127.0.0.1:{sink_port}/api/messages"),
     Child("sync-api", ("sync-api",), ready="http://127.0.0.1:{port}/healthz"),
     Child("sync-worker", ("sync-worker", "--processes", "1", "--threads", "16"),
           ready="http://127.0.0.1:{metrics_port}/metrics", metrics_offset=0),
-    # Next: mailer (metrics_offset=1), booking-expiry and its scheduler (2), a mail sink when SMTP_* are defaults.
+    Child("mailer", ("mailer", "--processes", "1", "--threads", "4"),
+          ready="http://127.0.0.1:{metrics_port}/metrics", metrics_offset=1),
+    # booking-expiry (metrics_offset=2) and its scheduler go here once services/booking-expiry/ exists.
 ]
 
 
@@ -190,54 +209,111 @@ def stop_all(running: list[Running]) -> None:
         item.reader.join(timeout=2)
 
 
-def where_to_look(running: list[Running], env: dict[str, str], port: int, token_generated: bool) -> None:
-    base = f"http://127.0.0.1:{port}"
-    token = f"{env['API_TOKEN']}  (generated for this run)" if token_generated else "the one in your environment"
+def generate_if_unset(env: dict[str, str], variable: str) -> bool:
+    """Give ``variable`` a random development value when it is unset; True when it did."""
+    if env.get(variable, "").strip():
+        return False
+    env[variable] = secrets.token_urlsafe(24)
+    say(f"{variable} is unset: generated a development value: {env[variable]}")
+    return True
+
+
+def bookable_tour(env: Mapping[str, str]) -> int | None:
+    """The id of a tour with two seats left, for the printed example; None when there is none."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from antrian import db
+    from antrian.config import load_settings
+    from antrian.models import Tour
+
+    engine = db.make_engine(load_settings(env).database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.scalar(select(Tour.id).where(Tour.quota >= 2).order_by(Tour.starts_at).limit(1))
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+
+
+def where_to_look(running: list[Running], env: dict[str, str], ports: dict[str, int], generated: set[str],
+                  tour_id: int | None) -> None:
+    base = f"http://127.0.0.1:{ports['port']}"
+
+    def secret(variable: str) -> str:
+        return f"{env[variable]}  (generated for this run)" if variable in generated else "the one in your environment"
+
+    names = {item.child.name for item in running}
     say("ready. Where to look:")
     say(f"  admin page  {base}/admin/sync-pembayaran")
     say(f"  API         {base}/api/  (Authorization: Bearer <API_TOKEN>)")
-    say(f"  API_TOKEN   {token}")
+    say(f"  API_TOKEN   {secret('API_TOKEN')}")
     say(f"  metrics     {base}/metrics (sync-api)")
     for item in running:
         if item.metrics_port is not None:
             say(f"              http://127.0.0.1:{item.metrics_port}/metrics ({item.child.name})")
     say(f"  school API  {env['UPSTREAM_BASE_URL']}")
+    if "mail-sink" in names:
+        say(f"  mail sink   http://127.0.0.1:{ports['sink_port']}/  (every email sent, kept in "
+            f"{env.get('MAIL_SINK_DIR') or 'var/mail-sink'}/)")
+    say(f"  payments    PAYMENT_SERVER_KEY {secret('PAYMENT_SERVER_KEY')}")
+    try_it(env, base, tour_id, token=env["API_TOKEN"] if "API_TOKEN" in generated else "$API_TOKEN")
     say("Ctrl-C stops everything.")
+
+
+def try_it(env: Mapping[str, str], base: str, tour_id: int | None, *, token: str) -> None:
+    """Print a booking, and its simulated payment, to copy and paste (unprefixed, so whole lines copy)."""
+    headers = f'-H "Authorization: Bearer {token}" -H "Content-Type: application/json"'
+    booking = {"tour_id": tour_id or "TOUR_ID", "quantity": 2, "customer_name": "Dewi Lestari",
+               "customer_email": "dewi@example.com"}
+    simulator = env.get("PAYMENT_SIMULATOR", "").strip().lower() in {"1", "true", "yes", "on"}
+    say("Book 2 seats on a demo tour" + (", then pay for them with the booking's code:" if simulator else ":")
+        + ("" if tour_id else "  (no tour has 2 seats left: add one with POST /api/tours)"))
+    with _print_lock:
+        print(f"curl -s {headers} -d '{json.dumps(booking)}' {base}/api/bookings", flush=True)
+        if simulator:
+            print(f"""curl -s {headers} -d '{{"code": "CODE"}}' {base}/api/payments/simulate""", flush=True)
 
 
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, Signals.handle)
     # sync-api listens on every interface in a container; on a laptop, only on loopback unless asked.
-    env = {"HOST": "127.0.0.1", **os.environ, "PYTHONUNBUFFERED": "1"}
+    # A person trying bookings out pays with the simulator (SPEC's default, false, is for production).
+    env = {"HOST": "127.0.0.1", "PAYMENT_SIMULATOR": "true", **os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         ports = {"port": port_from(env, "PORT", 8000), "dev_port": port_from(env, "DEV_SCHOOL_API_PORT", 8081),
+                 "sink_port": port_from(env, "MAIL_SINK_PORT", 8025),
+                 "sink_smtp_port": port_from(env, "MAIL_SINK_SMTP_PORT", 1025),
                  "metrics_base": port_from(env, "METRICS_PORT", 9191)}
         seed = demo_data(env)
     except ValueError as exc:
         say(str(exc))
         return 2
     children = [child for child in CHILDREN if child.condition(os.environ)]
-    token_generated = not env.get("API_TOKEN", "").strip()
-    if token_generated:
-        env["API_TOKEN"] = secrets.token_urlsafe(24)
-        say(f"API_TOKEN is unset: generated a development token: {env['API_TOKEN']}")
+    generated = {variable for variable in ("API_TOKEN", "PAYMENT_SERVER_KEY") if generate_if_unset(env, variable)}
     if upstream_unset(os.environ):
         env["UPSTREAM_BASE_URL"] = f"http://127.0.0.1:{ports['dev_port']}"
         say(f"UPSTREAM_BASE_URL is unset: the development school API stands in at {env['UPSTREAM_BASE_URL']}")
+    if smtp_unset(os.environ):
+        env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(ports["sink_smtp_port"]))
+        say(f"SMTP_HOST and SMTP_PORT are unset: the development mail sink takes the mail at "
+            f"{env['SMTP_HOST']}:{env['SMTP_PORT']}")
     if code := step("antrian", "migrate", env=env):
         return code
     if seed and (code := step("antrian", "seed-demo", "--if-empty", env=env)):
         return code
     if Signals.stop:
         return 0
+    tour_id = bookable_tour(env)
     running: list[Running] = []
     problem = None
     try:
         for child in children:
             running.append(start(child, env, ports))
         say(f"started {', '.join(f'{item.child.name} (pid {item.process.pid})' for item in running)}")
-        problem = watch(running, lambda: where_to_look(running, env, ports["port"], token_generated))
+        problem = watch(running, lambda: where_to_look(running, env, ports, generated, tour_id))
     except OSError as exc:  # a program missing from .venv/bin: run `make install`
         problem = f"cannot start {children[len(running)].name}: {exc}"
     finally:

@@ -3,6 +3,7 @@ look, serves a whole demo sync run, and stops everything on Ctrl-C, SIGTERM or a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,18 +15,35 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import Engine, text
 
 from antrian.demo import seed_students
 
 from .support import API_TOKEN, ROOT, base_env, free_port, show_output_if_failed, wait_until
 
 READY = "Ctrl-C stops everything."
+#: What a developer's shell may hold that would change what make run starts.
+SHELL_SETTINGS = ("SMTP_HOST", "SMTP_PORT", "MAIL_BACKEND", "PAYMENT_SIMULATOR", "PAYMENT_SERVER_KEY")
 
 
 def run_env(**overrides: str) -> dict[str, str]:
     """The test database and vhost, and free ports so a developer's own ``make run`` is left alone."""
-    ports = {name: str(free_port()) for name in ("PORT", "METRICS_PORT", "DEV_SCHOOL_API_PORT")}
-    return base_env(**{**ports, "DEMO_DATA": "true", **overrides})
+    ports = {
+        name: str(free_port())
+        for name in ("PORT", "METRICS_PORT", "DEV_SCHOOL_API_PORT", "MAIL_SINK_PORT", "MAIL_SINK_SMTP_PORT")
+    }
+    env = base_env(**{**ports, "DEMO_DATA": "true"})
+    for name in SHELL_SETTINGS:
+        env.pop(name, None)
+    return {**env, **overrides}
+
+
+@pytest.fixture
+def empty(clean: Engine) -> Engine:
+    """``clean``, and no tours (nor bookings of them) either: a new user's database."""
+    with clean.begin() as connection:
+        connection.execute(text("TRUNCATE tours RESTART IDENTITY CASCADE"))
+    return clean
 
 
 def processes() -> list[tuple[int, int, int, str]]:
@@ -121,12 +139,14 @@ class DevRun:
 
 
 @pytest.fixture
-def dev_run(request):
-    """Start dev/run.py; whatever happens, nothing it started is left running afterwards."""
+def dev_run(request, tmp_path):
+    """Start dev/run.py; whatever happens, nothing it started is left running afterwards.
+
+    The mail sink keeps the test's messages under ``tmp_path``, not in the developer's ``var/mail-sink``."""
     started: list[DevRun] = []
 
     def start(env: dict[str, str]) -> DevRun:
-        started.append(DevRun(env))
+        started.append(DevRun({"MAIL_SINK_DIR": str(tmp_path / "mail-sink"), **env}))
         return started[-1]
 
     yield start
@@ -135,8 +155,10 @@ def dev_run(request):
     show_output_if_failed(request, {f"dev/run.py output {n}": run.output for n, run in enumerate(started)}, tail=8000)
 
 
-def test_on_an_empty_database_make_run_syncs_500_demo_students_and_ctrl_c_stops_everything(clean, dev_run):
-    # Given a new user's environment: no API_TOKEN, no UPSTREAM_BASE_URL, an empty database
+def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_ctrl_c_stops_everything(
+    empty, dev_run
+):
+    # Given a new user's environment: no API_TOKEN, UPSTREAM_BASE_URL, SMTP_* or PAYMENT_*, an empty database
     env = run_env()
     del env["API_TOKEN"]
     run = dev_run(env)
@@ -144,15 +166,27 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_and_ctrl_c_stops_
     # When make run is up, it has said where to look, with a generated token
     out = run.wait_ready()
     token = re.search(r"API_TOKEN\s+(\S+)\s+\(generated for this run\)", out).group(1)
-    port, worker_metrics = env["PORT"], env["METRICS_PORT"]
-    assert "migrations applied" in out and "added 500 demo students" in out
+    port, worker_metrics, sink = env["PORT"], int(env["METRICS_PORT"]), f"http://127.0.0.1:{env['MAIL_SINK_PORT']}"
+    assert "migrations applied" in out and "added 500 demo students" in out and "added 5 demo tours" in out
     assert f"development school API stands in at http://127.0.0.1:{env['DEV_SCHOOL_API_PORT']}" in out
+    assert f"development mail sink takes the mail at 127.0.0.1:{env['MAIL_SINK_SMTP_PORT']}" in out
     assert f"http://127.0.0.1:{port}/admin/sync-pembayaran" in out
     assert f"http://127.0.0.1:{port}/metrics" in out and f"http://127.0.0.1:{worker_metrics}/metrics" in out
+    assert f"http://127.0.0.1:{worker_metrics + 1}/metrics (mailer)" in out
+    assert re.search(rf"mail sink +{sink}/", out)
+    assert re.search(r"PAYMENT_SERVER_KEY \S+ +\(generated for this run\)", out)
     assert re.search(r"^sync-worker +\| ", out, re.MULTILINE), "child output is prefixed with its name"
     assert requests.get(f"http://127.0.0.1:{env['DEV_SCHOOL_API_PORT']}/healthz", timeout=5).ok
     assert requests.get(f"http://127.0.0.1:{worker_metrics}/metrics", timeout=5).ok
-    assert len(run.children()) == 3
+    assert requests.get(f"http://127.0.0.1:{worker_metrics + 1}/metrics", timeout=5).ok
+    assert len(run.children()) == 5
+
+    # And it has printed a booking and its simulated payment to copy and paste, whole lines, with the token
+    book = re.search(rf"^curl .*Bearer {re.escape(token)}.* -d '(.*)' http://127.0.0.1:{port}/api/bookings$", out,
+                     re.MULTILINE)
+    assert book and json.loads(book.group(1))["quantity"] == 2, out
+    assert re.search(rf"""^curl .* -d '{{"code": "CODE"}}' http://127.0.0.1:{port}/api/payments/simulate$""", out,
+                     re.MULTILINE)
 
     # Then the printed token, and only it, opens the API, and a whole demo run goes through
     wrong = {"Authorization": "Bearer wrong"}
@@ -171,30 +205,64 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_and_ctrl_c_stops_
     assert 0 < state["failed"] < 50, "the development school API refuses a few students, for the demo"
     assert state["successCount"] == 500 - state["failed"]
 
+    # When someone books 2 seats on a demo tour with the printed token
+    with empty.connect() as connection:
+        tour_id = connection.execute(text("SELECT id FROM tours WHERE quota >= 2 ORDER BY id LIMIT 1")).scalar_one()
+    customer = {"customer_name": "Dewi Lestari", "customer_email": "dewi@example.com"}
+    booked = requests.post(run.url("/api/bookings"), json={"tour_id": tour_id, "quantity": 2, **customer},
+                           headers=auth, timeout=5)
+    assert booked.status_code == 201, booked.text
+    code = booked.json()["code"]
+
+    # Then the invoice arrives in the mail sink
+    def mails_about_the_booking(count: int):
+        def arrived():
+            items = requests.get(f"{sink}/api/messages", timeout=5).json()["items"]
+            found = [item for item in items if code in item["subject"]]
+            return found if len(found) >= count else None
+
+        return wait_until(arrived, timeout=30, interval=0.25, what=f"{count} email(s) about booking {code}")
+
+    [invoice] = mails_about_the_booking(1)
+    assert "dewi@example.com" in invoice["to"]
+
+    # When the payment is simulated
+    paid = requests.post(run.url("/api/payments/simulate"), json={"code": code}, headers=auth, timeout=5)
+    assert paid.status_code == 200, paid.text
+
+    # Then the e-ticket arrives too
+    e_ticket, first = mails_about_the_booking(2)
+    assert first == invoice and e_ticket["name"] != invoice["name"] and "dewi@example.com" in e_ticket["to"]
+
     # And Ctrl-C stops every service, gracefully, and exits 0
     assert run.stop_and_check(signal.SIGINT) == 0
     assert "Killing worker process" not in run.output(), "a Dramatiq worker process was killed, not stopped"
-    assert not listening(int(port)) and not listening(int(env["DEV_SCHOOL_API_PORT"]))
+    for stopped in (port, env["DEV_SCHOOL_API_PORT"], env["MAIL_SINK_PORT"], env["MAIL_SINK_SMTP_PORT"]):
+        assert not listening(int(stopped)), stopped
 
 
-def test_given_an_upstream_and_a_token_no_stand_in_starts_and_sigterm_stops_everything(
+def test_given_an_upstream_smtp_and_secrets_no_stand_in_starts_and_sigterm_stops_everything(
     clean, dev_run, start_school_api
 ):
-    # Given the user's own school API (it wants a token), API_TOKEN set, and no demo data
+    # Given the user's own school API (it wants a token) and SMTP server, API_TOKEN and PAYMENT_SERVER_KEY
+    # set, and no demo data
     upstream = start_school_api("--token", "upstream-secret")
     seed_students(clean, 20)
-    env = run_env(UPSTREAM_BASE_URL=upstream, UPSTREAM_TOKEN="upstream-secret", DEMO_DATA="false")
+    env = run_env(UPSTREAM_BASE_URL=upstream, UPSTREAM_TOKEN="upstream-secret", DEMO_DATA="false",
+                  SMTP_HOST="127.0.0.1", SMTP_PORT=str(free_port()), PAYMENT_SERVER_KEY="server-key-of-the-user")
     run = dev_run(env)
 
     # When make run is up
     out = run.wait_ready()
 
-    # Then no development school API was started, the token was not printed, and nothing was seeded
+    # Then neither stand-in was started, no secret was printed, and nothing was seeded
     assert "stands in" not in out and "dev-school-api" not in out
-    assert not listening(int(env["DEV_SCHOOL_API_PORT"]))
-    assert len(run.children()) == 2
-    assert API_TOKEN not in out and "the one in your environment" in out
-    assert "demo students" not in out
+    assert "mail sink" not in out and "mail-sink" not in out
+    assert not listening(int(env["DEV_SCHOOL_API_PORT"])) and not listening(int(env["MAIL_SINK_PORT"]))
+    assert len(run.children()) == 3 and not any("mail_sink" in command for command in run.children().values())
+    assert API_TOKEN not in out and "server-key-of-the-user" not in out
+    assert out.count("the one in your environment") == 2
+    assert "demo students" not in out and "demo tours" not in out
 
     # And a run goes through the given upstream with the given token
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -215,7 +283,7 @@ def test_given_an_upstream_and_a_token_no_stand_in_starts_and_sigterm_stops_ever
 def test_when_a_service_dies_make_run_stops_the_others_and_says_which(clean, dev_run):
     run = dev_run(run_env(DEMO_DATA="false"))
     run.wait_ready()
-    worker = next(pid for pid, command in run.children().items() if "dramatiq" in command)
+    worker = next(pid for pid, command in run.children().items() if "dramatiq sync_api.worker" in command)
 
     os.killpg(worker, signal.SIGKILL)
 
