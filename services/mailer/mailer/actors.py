@@ -7,8 +7,6 @@ can fix (a 4xx reply, a lost SMTP or database connection, the time limit). A per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
@@ -20,7 +18,7 @@ from .deliveries import Deliveries
 from .errors import EmailDeferred, PermanentFailure, is_transient
 from .metrics import EMAILS
 from .render import ETICKET, INVOICE, Sender
-from .transport import Transport, make_transport
+from .transport import make_transport
 
 #: Retries after the first attempt: 3 attempts in all.
 MAX_RETRIES = 2
@@ -28,36 +26,28 @@ MAX_RETRIES = 2
 MIN_BACKOFF_MS, MAX_BACKOFF_MS = 1_000, 10_000
 EMAIL_TIME_LIMIT_MS = 120_000
 
-
-@dataclass
-class _Runtime:
-    deliveries: Deliveries
-    transport: Transport
-
-
-_runtime: _Runtime | None = None
+_deliveries: Deliveries | None = None
 
 
 def configure(settings: Settings) -> None:
     """Build this process's engine, transport and deliveries from ``settings``."""
-    global _runtime
+    global _deliveries
     # Not autocommit: a delivery holds its row lock in a transaction while the email is sent.
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size or 5)
-    transport = make_transport(settings)
     sender = Sender(settings.mail_from_address, settings.mail_from_name)
-    _runtime = _Runtime(deliveries=Deliveries(engine=engine, transport=transport, sender=sender), transport=transport)
+    _deliveries = Deliveries(engine=engine, transport=make_transport(settings), sender=sender)
+
+
+def deliveries() -> Deliveries:
+    if _deliveries is None:
+        configure(load_settings())
+    return _deliveries
 
 
 def close_transport() -> None:
     """Release what the calling worker thread holds on the transport (its SMTP connection)."""
-    if _runtime is not None:
-        _runtime.transport.close()
-
-
-def runtime() -> _Runtime:
-    if _runtime is None:
-        configure(load_settings())
-    return _runtime
+    if _deliveries is not None:
+        _deliveries.transport.close()
 
 
 def _should_retry(retries: int, exception: BaseException) -> bool:
@@ -91,7 +81,7 @@ def _deliver(booking_id: int, kind: str) -> None:
     retries = message.options.get("retries", 0) if message is not None else 0
     final_attempt = retries >= MAX_RETRIES
     try:
-        result = runtime().deliveries.deliver(booking_id, kind, final_attempt=final_attempt)
+        result = deliveries().deliver(booking_id, kind, final_attempt=final_attempt)
     except PermanentFailure:
         # Logged where it was found; ``throws`` makes Dramatiq dead-letter it without a traceback.
         EMAILS.labels(kind, "failed").inc()
