@@ -29,6 +29,7 @@ test: install services ## Install what the tests need and run them all
 	$(BIN)/pytest
 
 bench: install services ## Run the benchmarks under bench/ and print their figures
+	@scripts/ensure-load-tools.sh
 	$(BIN)/python -m bench
 
 clean: ## Remove .venv and generated files
