@@ -37,14 +37,6 @@ def tours(engine: Engine) -> list:
 
 
 @pytest.fixture
-def no_tours(clean: Engine) -> Engine:
-    """``clean``, and no tours (nor bookings of them) either."""
-    with clean.begin() as connection:
-        connection.execute(text("TRUNCATE tours RESTART IDENTITY CASCADE"))
-    return clean
-
-
-@pytest.fixture
 def leaves_nothing_running(clean: Engine) -> Iterator[Engine]:
     """``clean``, and afterwards no run left "running" and no fan-out left queued for later tests."""
     yield clean
@@ -76,7 +68,7 @@ def test_seed_demo_adds_students_only_once(clean):
     assert student_count(clean) == 50
 
 
-def test_seed_demo_adds_tours_to_book_in_the_coming_weeks(no_tours):
+def test_seed_demo_adds_tours_to_book_in_the_coming_weeks(clean):
     # When a user seeds 3 demo tours
     result = antrian("seed-demo", "--students", "0", "--tours", "3")
 
@@ -85,7 +77,7 @@ def test_seed_demo_adds_tours_to_book_in_the_coming_weeks(no_tours):
     assert result.stdout.splitlines() == ["added 0 demo students", "added 3 demo tours"]
 
     # And they are real tours: named, 20 to 40 seats, a price in whole rupiah, leaving in 2 to 12 weeks
-    added = tours(no_tours)
+    added = tours(clean)
     assert len(added) == 3 and len({tour.name for tour in added}) == 3
     now = datetime.now(UTC)
     for tour in added:
@@ -94,7 +86,7 @@ def test_seed_demo_adds_tours_to_book_in_the_coming_weeks(no_tours):
         assert now + timedelta(days=13) < tour.starts_at < now + timedelta(weeks=12, days=1)
 
 
-def test_seed_demo_if_empty_fills_only_the_empty_tables(no_tours):
+def test_seed_demo_if_empty_fills_only_the_empty_tables(clean):
     # Given students but no tours
     assert antrian("seed-demo", "--students", "10", "--tours", "0").returncode == 0
 
@@ -104,7 +96,7 @@ def test_seed_demo_if_empty_fills_only_the_empty_tables(no_tours):
     # Then the tours are added and the students left alone
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == ["students exist already; no demo students added", "added 4 demo tours"]
-    assert (student_count(no_tours), len(tours(no_tours))) == (10, 4)
+    assert (student_count(clean), len(tours(clean))) == (10, 4)
 
     # When it does so again
     second = antrian("seed-demo", "--if-empty", "--tours", "4")
@@ -114,7 +106,7 @@ def test_seed_demo_if_empty_fills_only_the_empty_tables(no_tours):
     assert second.stdout.splitlines() == [
         "students exist already; no demo students added", "tours exist already; no demo tours added"
     ]
-    assert (student_count(no_tours), len(tours(no_tours))) == (10, 4)
+    assert (student_count(clean), len(tours(clean))) == (10, 4)
 
 
 def test_sync_start_wait_draws_a_bar_and_prints_the_finished_run(clean, start_school_api, start_worker):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from antrian.demo import seed_students
 
@@ -36,14 +36,6 @@ def run_env(**overrides: str) -> dict[str, str]:
     for name in SHELL_SETTINGS:
         env.pop(name, None)
     return {**env, **overrides}
-
-
-@pytest.fixture
-def empty(clean: Engine) -> Engine:
-    """``clean``, and no tours (nor bookings of them) either: a new user's database."""
-    with clean.begin() as connection:
-        connection.execute(text("TRUNCATE tours RESTART IDENTITY CASCADE"))
-    return clean
 
 
 def processes() -> list[tuple[int, int, int, str]]:
@@ -156,9 +148,9 @@ def dev_run(request, tmp_path):
 
 
 def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_ctrl_c_stops_everything(
-    empty, dev_run
+    clean, dev_run
 ):
-    # Given a new user's environment: no API_TOKEN, UPSTREAM_BASE_URL, SMTP_* or PAYMENT_*, an empty database
+    # Given a new user's environment: no API_TOKEN, UPSTREAM_BASE_URL, SMTP_* or PAYMENT_*, an clean database
     env = run_env()
     del env["API_TOKEN"]
     run = dev_run(env)
@@ -206,7 +198,7 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_
     assert state["successCount"] == 500 - state["failed"]
 
     # When someone books 2 seats on a demo tour with the printed token
-    with empty.connect() as connection:
+    with clean.connect() as connection:
         tour_id = connection.execute(text("SELECT id FROM tours WHERE quota >= 2 ORDER BY id LIMIT 1")).scalar_one()
     customer = {"customer_name": "Dewi Lestari", "customer_email": "dewi@example.com"}
     booked = requests.post(run.url("/api/bookings"), json={"tour_id": tour_id, "quantity": 2, **customer},
