@@ -109,21 +109,31 @@ def start_school_api(services, tmp_path):
 
 
 @pytest.fixture
-def start_worker(services, tmp_path):
-    """Start a real sync-worker (Dramatiq processes); returns the Service (``.metrics_url`` added)."""
+def start_dramatiq(services, tmp_path):
+    """Start a real Dramatiq worker command (``sync-worker``, ``mailer``); returns the Service (``.metrics_url``)."""
 
-    def start(upstream: str, *, processes: int = 1, threads: int = 8, **env: str) -> Service:
+    def start(command: str, *, processes: int = 1, threads: int = 8, **env: str) -> Service:
         port = free_port()
         service = Service(
-            f"sync-worker-{port}",
-            [str(BIN / "sync-worker"), "--processes", str(processes), "--threads", str(threads)],
-            base_env(UPSTREAM_BASE_URL=upstream, METRICS_PORT=str(port), **env),
+            f"{command}-{port}",
+            [str(BIN / command), "--processes", str(processes), "--threads", str(threads)],
+            base_env(METRICS_PORT=str(port), **env),
             tmp_path,
             ready_url=f"http://127.0.0.1:{port}/metrics",
         )
         service.metrics_url = f"http://127.0.0.1:{port}/metrics"
         services.append(service.start(timeout=60))
         return service
+
+    return start
+
+
+@pytest.fixture
+def start_worker(start_dramatiq):
+    """Start a real sync-worker against the school API at ``upstream``."""
+
+    def start(upstream: str, *, processes: int = 1, threads: int = 8, **env: str) -> Service:
+        return start_dramatiq("sync-worker", processes=processes, threads=threads, UPSTREAM_BASE_URL=upstream, **env)
 
     return start
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from ..smtp import SmtpServer
-from ..support import BIN, Service, base_env, free_port
+from ..support import Service
 
 
 @pytest.fixture
@@ -18,21 +18,11 @@ def smtp_server() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def start_mailer(services, tmp_path):
-    """Start a real mailer (Dramatiq processes) sending to ``smtp``; returns the Service (``.metrics_url``)."""
+def start_mailer(start_dramatiq):
+    """Start a real mailer sending to ``smtp``."""
 
     def start(smtp: SmtpServer, *, processes: int = 1, threads: int = 4, **env: str) -> Service:
-        port = free_port()
-        service = Service(
-            f"mailer-{port}",
-            [str(BIN / "mailer"), "--processes", str(processes), "--threads", str(threads)],
-            base_env(**smtp.env(), METRICS_PORT=str(port), MAIL_FROM_ADDRESS="tickets@tripin.example",
-                     MAIL_FROM_NAME="Tripin Travel", **env),
-            tmp_path,
-            ready_url=f"http://127.0.0.1:{port}/metrics",
-        )
-        service.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        services.append(service.start(timeout=60))
-        return service
+        sender = {"MAIL_FROM_ADDRESS": "tickets@tripin.example", "MAIL_FROM_NAME": "Tripin Travel"}
+        return start_dramatiq("mailer", processes=processes, threads=threads, **smtp.env(), **{**sender, **env})
 
     return start
