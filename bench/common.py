@@ -36,6 +36,7 @@ BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 API_TOKEN = "bench-token-0123456789"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SYNC_QUEUES = ("sync-pembayaran", "sync-pembayaran.DQ", "sync-pembayaran.XQ")
+EMAIL_QUEUES = ("emails", "emails.DQ", "emails.XQ")
 
 #: Where this invocation's process logs go (set by :func:`set_log_dir`).
 _log_dir: Path = RESULTS_DIR / "logs"
@@ -92,6 +93,16 @@ def clear_data(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE students, sync_runs, sync_items RESTART IDENTITY CASCADE"))
     purge_queues(SYNC_QUEUES)
+
+
+def clear_bookings(engine: Engine) -> None:
+    """Empty the booking tables (tours, bookings, their payments, email deliveries, the outbox) and the email
+    queues: parts (e) and (f) start from nothing and leave nothing behind."""
+    with engine.begin() as connection:
+        connection.execute(
+            text("TRUNCATE tours, bookings, payments, email_deliveries, outbox RESTART IDENTITY CASCADE")
+        )
+    purge_queues(EMAIL_QUEUES)
 
 
 def seed(engine: Engine, count: int) -> None:
@@ -224,6 +235,36 @@ def start_sync_api() -> str:
         ready_url=f"http://127.0.0.1:{port}/healthz",
     ).start()
     return f"http://127.0.0.1:{port}"
+
+
+def start_mailer(smtp_port: int, *, processes: int, threads: int) -> Service:
+    """The real ``mailer`` (Dramatiq, queue ``emails``) sending to ``127.0.0.1:smtp_port`` without TLS;
+    ready once its metrics answer (after its workers booted)."""
+    port = free_port()
+    return Service(
+        f"mailer-{port}",
+        [str(BIN / "mailer"), "--processes", str(processes), "--threads", str(threads)],
+        base_env(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_SECURITY="none", MAIL_BACKEND="smtp",
+                 METRICS_PORT=str(port)),
+        ready_url=f"http://127.0.0.1:{port}/metrics",
+    ).start(timeout=90)
+
+
+def start_smtp_sink() -> tuple[int, str]:
+    """``python -m bench.smtp_sink`` in a process of its own; returns its SMTP port and its stats URL."""
+    port, http_port = free_port(), free_port()
+    Service(
+        f"smtp-sink-{port}",
+        [sys.executable, "-m", "bench.smtp_sink", "--port", str(port), "--http-port", str(http_port)],
+        base_env(),
+        ready_url=f"http://127.0.0.1:{http_port}/stats",
+    ).start()
+    return port, f"http://127.0.0.1:{http_port}/stats"
+
+
+def sink_stats(stats_url: str) -> dict:
+    """What the sink has counted: count, first, last, distinct_message_ids, duplicates, connections."""
+    return requests.get(stats_url, timeout=5).json()
 
 
 # --------------------------------------------------------------------------- runs
