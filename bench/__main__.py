@@ -1,7 +1,8 @@
 """``python -m bench``: run the benchmark parts against real processes and print their figures.
 
 Parts: (a) students/s vs a bare Dramatiq actor, with (d) worker memory sampled during (a);
-(b) wall time vs the latency bound; (c) POST latency and fan-out rate. The figures go to stdout
+(b) wall time vs the latency bound; (c) POST latency and fan-out rate; (e) POST /api/bookings latency
+at a steady rate vs GET /healthz; (f) invoice emails/s by the mailer vs one smtplib connection. The figures go to stdout
 as a table and to bench/results/latest.json; process logs to bench/results/logs/<time>/.
 """
 
@@ -16,16 +17,21 @@ import sys
 import time
 import traceback
 
-from . import common, fanout, latency_bound, sync_throughput
+from . import bookings_latency, common, email_rate, fanout, latency_bound, sync_throughput
 
-PARTS = ("a", "b", "c")
+PARTS = ("a", "b", "c", "e", "f")
 #: Defaults of the full suite, and of ``--small`` (a quick check that everything works).
 #: (a) runs both sides with Dramatiq's default of 8 threads per process: with an instant upstream,
 #: more threads only add GIL hand-offs (futex time) to both.
+#: (f) runs the mailer with 4 threads per process: against the instant local sink it is CPU-bound, and
+#: 2, 4, 8 and 16 threads gave 245, 249-261, 227-251 and 224 emails/s (4 holds half the transactions open).
 FULL = {"a_students": 20_000, "a_processes": 2, "a_threads": 8,
         "b_students": 6_102, "b_processes": 2, "b_threads": 32, "b_latency_ms": 400.0,
-        "c_students": 100_000, "c_samples": 9, "c_publish": 100_000}
-SMALL = {**FULL, "a_students": 2_000, "b_students": 610, "c_students": 10_000, "c_samples": 5, "c_publish": 10_000}
+        "c_students": 100_000, "c_samples": 9, "c_publish": 100_000,
+        "e_rate": 200, "e_seconds": 30, "e_concurrency": 20,
+        "f_emails": 5_000, "f_processes": 2, "f_threads": 4}
+SMALL = {**FULL, "a_students": 2_000, "b_students": 610, "c_students": 10_000, "c_samples": 5, "c_publish": 10_000,
+         "e_seconds": 5, "f_emails": 500}
 
 
 class BenchTimeout(BaseException):
@@ -35,7 +41,7 @@ class BenchTimeout(BaseException):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", type=lambda v: [p.strip() for p in v.split(",") if p.strip()], default=list(PARTS),
-                        help="parts to run, e.g. 'a' or 'a,c' (d is measured during a)")
+                        help="parts to run, e.g. 'a' or 'e,f' (d is measured during a)")
     parser.add_argument("--small", action="store_true", help="small sizes: a quick check, not figures to quote")
     parser.add_argument("--max-seconds", type=int, default=1500, help="stop everything after this long")
     for name, value in FULL.items():
@@ -111,7 +117,11 @@ def _run_part(part: str, engine, args: argparse.Namespace) -> dict:
     if part == "b":
         return latency_bound.run(engine, students=args.b_students, processes=args.b_processes,
                                  threads=args.b_threads, latency_ms=args.b_latency_ms)
-    return fanout.run(engine, students=args.c_students, samples=args.c_samples, publish=args.c_publish)
+    if part == "c":
+        return fanout.run(engine, students=args.c_students, samples=args.c_samples, publish=args.c_publish)
+    if part == "e":
+        return bookings_latency.run(engine, rate=args.e_rate, seconds=args.e_seconds, concurrency=args.e_concurrency)
+    return email_rate.run(engine, emails=args.f_emails, processes=args.f_processes, threads=args.f_threads)
 
 
 def table_rows(parts: dict) -> list[dict]:
@@ -184,7 +194,70 @@ def table_rows(parts: dict) -> list[dict]:
             f"{raw['rate_per_s']:.0f}/s ({raw['seconds']}s)", "(reference)")
         add("c", "  CPU ms per 1,000 messages by process; machine busy",
             _per_student(raw["cpu_seconds"], raw["messages"] / 1000) + f"; {raw['machine_cpu_busy_percent']}%")
+    _booking_rows(parts.get("e", {}), add)
+    _email_rows(parts.get("f", {}), add)
     return rows
+
+
+def _latencies(result: dict) -> str:
+    return " / ".join(f"{result[key]}" for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")) + " ms"
+
+
+def _booking_rows(e: dict, add) -> None:
+    if "bookings" not in e:
+        return
+    setup = f"{e['rate']}/s for {e['seconds']}s, {e['concurrency']} connections"
+    post, health = e["bookings"]["smooth"], e["healthz"]["smooth"]
+    add("e", f"POST /api/bookings, {setup}, smooth: p50 / p90 / p99 / max", _latencies(post))
+    add("e", "  POST /api/bookings p50", f"{post['p50_ms']} ms", "< 10 ms", post["p50_ms"] < 10)
+    add("e", "  POST /api/bookings p99", f"{post['p99_ms']} ms", "< 50 ms", post["p99_ms"] < 50)
+    add("e", "  rate achieved; answered of ticks; answers by status", _answers(post), "all 201",
+        post["non_201"] == 0 and post["bookings_made"] == post["status_codes"].get("201"))
+    add("e", "GET /healthz, same load: p50 / p90 / p99 / max", _latencies(health))
+    add("e", "  ratio POST / healthz, p50 and p99", f"{post['ratio_p50']:.1f}x / {post['ratio_p99']:.1f}x", "(info)")
+    add("e", "  outbox rows during the load: max / mean (relay keeping up)",
+        f"{post['outbox_max_during_load']} / {post['outbox_mean_during_load']}", "(info)")
+    add("e", "  outbox empty after the load ended", f"{post['outbox_empty_after_s']} s", "< 5 s",
+        post["outbox_empty_after_s"] < 5)
+    add("e", "  CPU ms per POST by process; machine busy (steal; loadavg before)",
+        _per_student(post["cpu_seconds"], max(post["answered"], 1)) + f"; {_machine(post)}")
+    add("e", "  mean busy DB sessions during the load", _sessions(post["db_sessions"]))
+    post, health = e["bookings"]["bursts"], e["healthz"]["bursts"]
+    add("e", f"POST /api/bookings, one hey -c {e['concurrency']}: bursts of {e['concurrency']} at once, p50/90/99/max",
+        _latencies(post), "(info)")
+    add("e", "  rate achieved; answered of ticks; answers by status", _answers(post), "all 201",
+        post["non_201"] == 0 and post["bookings_made"] == post["status_codes"].get("201"))
+    add("e", "  GET /healthz in the same bursts: p50 / p90 / p99 / max", _latencies(health), "(info)")
+    add("e", "  mean busy DB sessions during the load", _sessions(post["db_sessions"]))
+    inv = e["invoices"]
+    add("e", "emails queue after both: invoices / distinct bookings / bookings made",
+        f"{inv['invoices']} / {inv['distinct_bookings']} / {inv['bookings']}", "all equal", inv["ok"])
+
+
+def _answers(result: dict) -> str:
+    codes = ", ".join(f"{code}: {n}" for code, n in result["status_codes"].items())
+    return f"{result['rate_per_s']}/s; {result['answered']} of {result['ticks']}; {codes}"
+
+
+def _email_rows(f: dict, add) -> None:
+    if "mailer" not in f:
+        return
+    mailer, floor = f["mailer"], f["floor"]
+    add("f", f"mailer {f['processes']}x{f['threads']}, {f['emails']} invoices to a local SMTP sink, 1st->last",
+        f"{mailer['rate_per_s']:.0f}/s ({mailer['window_s']}s)", ">= 200/s", mailer["rate_per_s"] >= 200)
+    add("f", "one smtplib connection, same rendered invoices, no queue or DB",
+        f"{floor['rate_per_s']:.0f}/s ({floor['window_s']}s)", "(floor)")
+    add("f", "ratio mailer / floor", f"{f['ratio']:.2f}", "(info)")
+    add("f", "  rendering one invoice (text + HTML), message size",
+        f"{floor['render_ms']} ms, {floor['message_bytes']} bytes", "(info)")
+    checks = mailer["checks"]
+    add("f", "  sink count / distinct Message-IDs / deliveries sent / left in queues",
+        f"{checks['sink_count']} / {checks['distinct_message_ids']} / {checks['deliveries'].get('invoice sent', 0)}"
+        f" / {sum(checks['left_in_queues'].values())}", f"{f['emails']} each, 0 left", checks["ok"])
+    add("f", "  CPU ms per email by process; machine busy (steal; loadavg before)",
+        _per_student(mailer["cpu_seconds"], max(mailer["emails_during_cpu_meter"], 1))
+        + f"; {_machine(mailer)}")
+    add("f", "  mean busy DB sessions", _sessions(mailer["db_sessions"]))
 
 
 def _per_student(cpu_seconds: dict[str, float], students: int) -> str:
@@ -213,9 +286,17 @@ def print_table(results: dict) -> None:
         ok = {True: "ok", False: "MISSED", None: ""}[row["ok"]]
         line = f"({row['part']}) {row['figure']:<{width}}  {str(row['value']):<{value_width}}  {row['target']:<10} {ok}"
         print(line.rstrip())
-    print("(a) antrian is timed as a user gets it: from POST until 'finished', its fan-out included.")
-    print("(a) bare is timed without enqueueing: all messages were enqueued first, then workers started;")
-    print("    its rate spans its first to its last stored student (database timestamps).")
+    parts = results["parts"]
+    if "a" in parts:
+        print("(a) antrian is timed as a user gets it: from POST until 'finished', its fan-out included.")
+        print("(a) bare is timed without enqueueing: all messages were enqueued first, then workers started;")
+        print("    its rate spans its first to its last stored student (database timestamps).")
+    if "e" in parts:
+        print("(e) smooth: 20 hey processes of one connection each, started 5 ms apart; bursts: one hey -c 20 -q 10,")
+        print("    whose connections tick together. hey skips a connection's ticks while it waits for an answer:")
+        print("    a slow spell or an unanswered request shows as fewer answered requests than ticks.")
+    if "f" in parts:
+        print("(f) both rates span the first to the last email the sink received; 'other' CPU is outside the bench.")
     if "error" in results:
         print(f"ABORTED: {results['error']}")
     print(f"figures: {common.RESULTS_DIR / 'latest.json'}   logs: {results['logs']}")
