@@ -27,8 +27,16 @@ def _get(name: str, factory):
     return state[name]
 
 
+#: One connection per gunicorn thread (sync_api.gunicorn_conf.threads) plus the outbox relay's two: a smaller
+#: pool opens and closes a connection for each request over it, which costs more than the request.
+DEFAULT_POOL_SIZE = 10
+
+
 def get_engine() -> Engine:
-    return _get("engine", lambda settings: make_engine(settings.database_url, pool_size=settings.db_pool_size or 5))
+    def factory(settings) -> Engine:
+        return make_engine(settings.database_url, pool_size=settings.db_pool_size or DEFAULT_POOL_SIZE)
+
+    return _get("engine", factory)
 
 
 def get_broker() -> dramatiq.Broker:
