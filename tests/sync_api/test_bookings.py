@@ -58,7 +58,11 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(web, auth, engine):
         ({**good, "tour_id": "one"}, 400, "tour_id"),
         ({**good, "customer_email": "not-an-address"}, 400, "customer_email"),
         ({**good, "customer_email": "a@b.co\r\nBcc: x@y.z"}, 400, "customer_email"),
+        ({**good, "customer_email": "root,x@y.z"}, 400, "customer_email"),  # two recipients in a To: header
+        ({**good, "customer_email": "root<x@y.z"}, 400, "customer_email"),
+        ({**good, "customer_email": "josé@example.com"}, 400, "customer_email"),
         ({**good, "customer_name": "  "}, 400, "customer_name"),
+        ({**good, "customer_name": "Budi\u2028Bcc: x@y.z"}, 400, "customer_name"),
         ({k: v for k, v in good.items() if k != "customer_name"}, 400, "customer_name is required"),
         ([good], 400, "JSON object"),
     ]
@@ -69,6 +73,8 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(web, auth, engine):
     malformed = requests.post(f"{web}/api/bookings", headers=auth, data='{"tour_id": 1,')
     assert malformed.status_code == 400 and malformed.json() == {"error": "malformed JSON body"}
     assert requests.post(f"{web}/api/bookings", json=good).status_code == 401
+    huge = requests.post(f"{web}/api/bookings", headers=auth, json={**good, "customer_name": "x" * 100_000})
+    assert huge.status_code == 413 and "error" in huge.json()
     assert requests.get(f"{web}/api/bookings/1", headers=auth).status_code == 404
 
     tour_cases = [
@@ -78,6 +84,9 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(web, auth, engine):
         ({"name": "X", "quota": 1, "price": 5, "starts_at": "2026-12-12T04:00:00"}, "time zone"),
         ({"name": "X", "quota": 1, "price": 5, "starts_at": "soon"}, "starts_at"),
         ({"name": "", "quota": 1, "price": 5, "starts_at": "2026-12-12T04:00:00+07:00"}, "name"),
+        ({"name": "X\u2028Y", "quota": 1, "price": 5, "starts_at": "2026-12-12T04:00:00+07:00"}, "name"),
+        ({"name": "X", "quota": 1, "price": 1_000_000_000, "starts_at": "2026-12-12T04:00:00+07:00"}, "price"),
+        ({"name": "X", "quota": 1, "price": 5, "starts_at": "9999-12-31T23:00:00-05:00"}, "starts_at"),
     ]
     for body, words in tour_cases:
         response = requests.post(f"{web}/api/tours", headers=auth, json=body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from flask import Blueprint, current_app, jsonify
 
 from . import auth, bookings
@@ -13,8 +15,9 @@ from .validation import amount_field, aware_datetime, email_field, json_object, 
 bp = Blueprint("bookings", __name__, url_prefix="/api")
 bp.before_request(auth.require_token)
 
-#: Bounds that keep every value inside its column and out of absurdity.
-MAX_QUOTA, MAX_SEATS_PER_BOOKING = 100_000, 1_000
+#: Bounds that keep every value inside its column and out of absurdity: a booking's total (price x seats)
+#: stays below the column's 1e12.
+MAX_QUOTA, MAX_SEATS_PER_BOOKING, PRICE_LIMIT = 100_000, 1_000, Decimal("1e9")
 MAX_ID = 2**63 - 1
 
 
@@ -25,7 +28,7 @@ def create_tour():
         get_engine(),
         name=text_field(body, "name", max_length=200),
         quota=whole_number(body, "quota", low=0, high=MAX_QUOTA),
-        price=amount_field(body, "price"),
+        price=amount_field(body, "price", high=PRICE_LIMIT),
         starts_at=aware_datetime(body, "starts_at"),
     )
     return jsonify(tour), 201

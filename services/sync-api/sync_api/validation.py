@@ -12,16 +12,23 @@ from flask import request
 
 from .errors import ClearBadRequest
 
-#: An address with one @, a dot in its domain, no spaces or line breaks (no header injection).
-EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+#: The HTML standard's valid email address (ASCII; a domain with a dot): nothing a mail header could read
+#: as a second recipient (``,``), a display name (``<``) or a line break. International domains go as punycode.
+EMAIL = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+#: C0 and C1 controls and Unicode's line and paragraph separators: none belongs in a name or a header.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: Dates a tour can sensibly start on (and that every clock in the chain can hold).
+FIRST_YEAR, LAST_YEAR = 2000, 2999
 
 
 def json_object() -> dict[str, Any]:
     """The request body as a JSON object; malformed JSON or another JSON type is a 400."""
     try:
         body = json.loads(request.get_data())
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ClearBadRequest("malformed JSON body") from None
     if not isinstance(body, dict):
         raise ClearBadRequest("the body must be a JSON object")
@@ -63,7 +70,7 @@ def email_field(body: dict[str, Any], name: str) -> str:
     return value
 
 
-def amount_field(body: dict[str, Any], name: str, *, high: Decimal = Decimal("1e12")) -> Decimal:
+def amount_field(body: dict[str, Any], name: str, *, high: Decimal) -> Decimal:
     """Rupiah as a JSON number or a numeric string, at least 0, at most two decimals."""
     value = _present(body, name)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -87,4 +94,6 @@ def aware_datetime(body: dict[str, Any], name: str) -> datetime:
         raise ClearBadRequest(f"{name} must be an ISO 8601 date and time")
     if result.tzinfo is None:
         raise ClearBadRequest(f"{name} must include a time zone, e.g. 2026-12-12T08:00:00+07:00")
+    if not FIRST_YEAR < result.year < LAST_YEAR:
+        raise ClearBadRequest(f"{name} must be between the years {FIRST_YEAR} and {LAST_YEAR}")
     return result
