@@ -146,7 +146,9 @@ class Payment(Base):
 
     __tablename__ = "payments"
     __table_args__ = (
-        UniqueConstraint("order_id", "transaction_status", "transaction_id", name="payments_one_per_notification"),
+        UniqueConstraint(
+            "order_id", "transaction_status", "fraud_status", "transaction_id", name="payments_one_per_notification"
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -154,7 +156,7 @@ class Payment(Base):
     order_id: Mapped[str] = mapped_column(Text)
     transaction_id: Mapped[str] = mapped_column(Text, server_default="")
     transaction_status: Mapped[str] = mapped_column(Text)
-    fraud_status: Mapped[str | None] = mapped_column(Text)
+    fraud_status: Mapped[str] = mapped_column(Text, server_default="")
     status_code: Mapped[str] = mapped_column(Text)
     gross_amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
     outcome: Mapped[str] = mapped_column(Text)

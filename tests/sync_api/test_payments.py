@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import requests
 from sqlalchemy import text
@@ -68,6 +71,42 @@ def test_each_transaction_status_does_what_it_says(web, auth, engine, transactio
         assert state["quota"] == (10 if status in ("expired", "cancelled") else 8)
 
 
+def test_a_challenged_card_capture_is_paid_when_the_merchant_accepts_it(web, auth, engine):
+    booking = new_booking(web, auth)
+    challenged = notification(booking["code"], "capture", booking["total_amount"], fraud_status="challenge")
+    assert notify(web, challenged).json()["outcome"] == "pending"
+    accepted = notify(web, {**challenged, "fraud_status": "accept"})
+    assert accepted.json() == {**accepted.json(), "outcome": "paid", "duplicate": False}
+    state = booking_state(engine, booking["id"])
+    assert state["status"] == "paid" and state["payments"] == 2
+
+
+def test_concurrent_notifications_for_one_booking_act_once(web, auth, engine):
+    # The gateway retrying the same settlement at once: one booking paid, one e-ticket, one payment row.
+    booking = new_booking(web, auth)
+    body = notification(booking["code"], "settlement", booking["total_amount"])
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda _: notify(web, body), range(12)))
+    assert [answer.status_code for answer in answers] == [200] * 12
+    assert sorted(answer.json()["outcome"] for answer in answers) == ["duplicate"] * 11 + ["paid"]
+    assert booking_state(engine, booking["id"])["payments"] == 1
+    wait_until(lambda: queue_depth("emails") >= 1, timeout=10, what="the e-ticket message")
+    time.sleep(1)
+    assert [message["actor_name"] for message in take_messages("emails")] == ["send_eticket_email"]
+
+    # An expiry and a settlement racing: whatever the order, the seats are taken or given back once.
+    for _ in range(10):
+        racing = new_booking(web, auth, quota_=2, quantity=2)
+        bodies = [notification(racing["code"], status, racing["total_amount"]) for status in ("expire", "settlement")]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes = {answer.json()["outcome"] for answer in pool.map(lambda b: notify(web, b), bodies)}
+        state = booking_state(engine, racing["id"])
+        # Settlement first: paid, then the late expire is ignored. Expire first: seats back, then taken again.
+        assert outcomes in ({"paid", "ignored"}, {"expired", "paid_after_expiry"}), outcomes
+        assert state["status"] == "paid" and state["quota"] == 0 and state["payments"] == 2
+        take_messages("emails")
+
+
 def test_a_settlement_after_expiry_takes_the_seats_again_or_records_money_to_refund(web, auth, engine):
     lucky = new_booking(web, auth, quota_=2, quantity=2)
     assert notify(web, notification(lucky["code"], "expire", lucky["total_amount"])).status_code == 200
@@ -102,6 +141,7 @@ def test_bad_notifications_get_a_clear_4xx_and_change_nothing(web, auth, engine)
         ({k: v for k, v in good.items() if k != "order_id"}, 400, "order_id"),
         ({**good, "gross_amount": 750000}, 400, "gross_amount"),
         (notification(booking["code"], "settlement", "lots"), 400, "gross_amount"),
+        (notification(booking["code"], "settlement", "sNaN"), 400, "gross_amount"),
     ]
     for body, status, words in cases:
         response = notify(web, body)

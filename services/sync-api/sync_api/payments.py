@@ -1,8 +1,10 @@
 """Payment notifications (Midtrans format): what each one does to its booking, exactly once.
 
 Every notification for a booking is handled under that booking's row lock, and recorded in
-``payments`` with its outcome. The gateway repeats a notification until it gets a 200: a
-repeat is recognised by its (order_id, transaction_status, transaction_id) and changes nothing.
+``payments`` with its outcome. The gateway repeats a notification until it gets a 200: a repeat
+is recognised by its (order_id, transaction_status, fraud_status, transaction_id) and changes
+nothing. ``fraud_status`` belongs to the key: a card ``capture`` held as ``challenge`` is approved
+by a second ``capture`` with the same transaction id and ``accept``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Notification:
     status_code: str
     gross_amount: str
     transaction_status: str
-    fraud_status: str | None
+    fraud_status: str
     transaction_id: str
     signature_key: str
     payload: dict[str, Any]
@@ -69,8 +71,8 @@ class Notification:
         for name in ("fraud_status", "transaction_id"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise ValueError(f"{name} must be a string")
-        return cls(**fields, fraud_status=body.get("fraud_status"), transaction_id=body.get("transaction_id") or "",
-                   payload=body)
+        optional = {name: body.get(name) or "" for name in ("fraud_status", "transaction_id")}
+        return cls(**fields, **optional, payload=body)
 
     def signature_is_valid(self, server_key: str) -> bool:
         """SHA-512 of order_id + status_code + gross_amount + server key, compared in constant time."""
@@ -81,14 +83,17 @@ class Notification:
 
     def amount(self) -> Decimal:
         try:
-            return Decimal(self.gross_amount)
+            amount = Decimal(self.gross_amount)
         except InvalidOperation:
-            raise ValueError("gross_amount must be a number") from None
+            amount = None
+        if amount is None or not amount.is_finite():
+            raise ValueError("gross_amount must be a number")
+        return amount
 
     def asks(self) -> str | None:
         """PAID, ENDED_EXPIRED, ENDED_CANCELLED, WAIT, or None for anything else (refunds, ...)."""
         if self.transaction_status == "capture":
-            return _CAPTURE_ASKS.get(self.fraud_status or "")
+            return _CAPTURE_ASKS.get(self.fraud_status)
         return _ASKS.get(self.transaction_status)
 
 
@@ -107,7 +112,7 @@ def settlement_for(code: str, total_amount: Decimal) -> Notification:
     payload = {"order_id": code, "status_code": "200", "gross_amount": gross,
                "transaction_status": "settlement", "transaction_id": "simulator", "simulated": True}
     return Notification(order_id=code, status_code="200", gross_amount=gross, transaction_status="settlement",
-                        fraud_status=None, transaction_id="simulator", signature_key="", payload=payload)
+                        fraud_status="", transaction_id="simulator", signature_key="", payload=payload)
 
 
 def total_amount_of(engine: Engine, code: str) -> Decimal | None:
@@ -122,7 +127,9 @@ def apply(engine: Engine, notification: Notification) -> Result:
         booking = connection.execute(
             select(Booking.id, Booking.code, Booking.tour_id, Booking.quantity, Booking.total_amount, Booking.status)
             .where(Booking.code == notification.order_id)
-            .with_for_update()
+            # NO KEY UPDATE: a mailer sending this booking's email holds KEY SHARE on it (its delivery
+            # row's foreign key) for as long as SMTP takes; a plain FOR UPDATE would wait for that.
+            .with_for_update(key_share=True)
         ).one_or_none()
         if booking is None:
             raise UnknownOrder(notification.order_id)
@@ -154,6 +161,7 @@ def _seen(connection: Connection, notification: Notification) -> bool:
             exists().where(
                 Payment.order_id == notification.order_id,
                 Payment.transaction_status == notification.transaction_status,
+                Payment.fraud_status == notification.fraud_status,
                 Payment.transaction_id == notification.transaction_id,
             )
         )

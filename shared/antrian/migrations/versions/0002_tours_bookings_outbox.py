@@ -58,14 +58,16 @@ def upgrade() -> None:
         sa.Column("order_id", sa.Text, nullable=False),
         sa.Column("transaction_id", sa.Text, nullable=False, server_default=""),
         sa.Column("transaction_status", sa.Text, nullable=False),
-        sa.Column("fraud_status", sa.Text),
+        sa.Column("fraud_status", sa.Text, nullable=False, server_default=""),
         sa.Column("status_code", sa.Text, nullable=False),
         sa.Column("gross_amount", MONEY, nullable=False),
         sa.Column("outcome", sa.Text, nullable=False),
         sa.Column("payload", JSONB, nullable=False),
         sa.Column("received_at", TZ, nullable=False, server_default=sa.func.now()),
         # The gateway repeats a notification until it gets a 200: the repeat is recognised here.
-        sa.UniqueConstraint("order_id", "transaction_status", "transaction_id", name="payments_one_per_notification"),
+        sa.UniqueConstraint(
+            "order_id", "transaction_status", "fraud_status", "transaction_id", name="payments_one_per_notification"
+        ),
     )
     op.create_table(
         "outbox",
