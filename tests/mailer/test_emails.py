@@ -151,3 +151,22 @@ def test_550_fails_at_once_and_is_kept_as_a_failed_job(web, auth, smtp_server, s
     failed = delivery(engine, booking["id"], "invoice")
     assert failed["status"] == "failed" and failed["attempts"] == 1 and "550" in failed["last_error"]
     assert 'antrian_emails_total{kind="invoice",result="failed"} 1.0' in requests.get(mailer.metrics_url).text
+
+
+def test_an_invoice_for_a_booking_paid_before_it_could_go_is_not_sent(web, auth, smtp_server, start_mailer, engine):
+    # The mailer is not running yet (an outage, a long queue): the customer pays meanwhile.
+    tour = create_tour(web, auth, quota=10)
+    booking = book(web, auth, tour["id"], quantity=1).json()
+    paid = notify(web, notification(booking["code"], "settlement", booking["total_amount"]))
+    assert paid.json()["status"] == "paid"
+    wait_until(lambda: queue_depth("emails") == 2, timeout=10, what="the invoice and e-ticket messages")
+
+    mailer = start_mailer(smtp_server)
+    wait_until(lambda: smtp_server.messages, timeout=20, what="the e-ticket")
+    wait_until(lambda: queue_depth("emails") == 0, timeout=10, what="both messages handled")
+    time.sleep(1)
+    assert [str(message["Message-ID"]) for message in smtp_server.messages] == [
+        f"<eticket.{booking['code']}@tripin.example>"
+    ]
+    assert delivery(engine, booking["id"], "invoice") is None
+    assert 'antrian_emails_total{kind="invoice",result="outdated"} 1.0' in requests.get(mailer.metrics_url).text

@@ -31,12 +31,12 @@ from antrian.models import EmailDelivery
 from .bookings import BookingDetails, load_booking
 from .errors import BookingNotFound, BookingNotPaid, is_transient
 from .metrics import SMTP_SEND_SECONDS
-from .render import ETICKET, Sender, message_id_for, render
+from .render import ETICKET, INVOICE, Sender, message_id_for, render
 from .transport import Transport
 
 logger = logging.getLogger(__name__)
 
-SENT, DUPLICATE = "sent", "duplicate"
+SENT, DUPLICATE, OUTDATED = "sent", "duplicate", "outdated"
 #: Characters of an error kept in ``email_deliveries.last_error``.
 ERROR_LENGTH = 1000
 
@@ -57,6 +57,8 @@ class Deliveries:
 
     def deliver(self, booking_id: int, kind: str, *, final_attempt: bool) -> str:
         """Send the booking's email of ``kind`` unless it was sent already: ``"sent"`` or ``"duplicate"``.
+
+        ``"outdated"`` when it is an invoice for a booking no longer pending (nothing is sent).
 
         Raises BookingNotFound, BookingNotPaid (e-tickets), the transport's EmailRefused or
         EmailDeferred, after recording the failed attempt (``failed`` when permanent or final).
@@ -79,6 +81,12 @@ class Deliveries:
                         logger.warning("no eticket sent: booking %s is %s, not paid", booking.code, booking.status,
                                        extra={"booking_id": booking_id, "code": booking.code, "kind": kind})
                         raise BookingNotPaid(f"booking {booking.code} is {booking.status}, not paid")
+                    if kind == INVOICE and booking.status != "pending":
+                        # Paid, expired or cancelled before its invoice could go (a long queue, retries):
+                        # "please pay by ..." would only confuse the customer now.
+                        logger.info("invoice %s not sent: the booking is %s already", booking.code, booking.status,
+                                    extra={"booking_id": booking_id, "code": booking.code, "kind": kind})
+                        return OUTDATED
                     delivery = self._claim(connection, booking, kind)
                     message_id = delivery.message_id
                     if delivery.status == SENT:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-#: ``result``: ``sent``, ``duplicate`` (already sent, skipped), ``retry`` (will be tried again) or ``failed``.
+#: ``result``: ``sent``, ``duplicate`` (already sent, skipped), ``outdated`` (an invoice for a booking no
+#: longer pending, skipped), ``retry`` (will be tried again) or ``failed``.
 EMAILS = Counter(
     "antrian_emails_total",
-    "Email jobs by kind (invoice, eticket) and result (sent, duplicate, retry, failed).",
+    "Email jobs by kind (invoice, eticket) and result (sent, duplicate, outdated, retry, failed).",
     ["kind", "result"],
 )
 SMTP_SEND_SECONDS = Histogram(

@@ -77,6 +77,9 @@ class SmtpTransport:
             if replies and all(code >= 500 for code, _ in replies):
                 raise EmailRefused(f"recipient refused: {reason}", code=min(code for code, _ in replies)) from exc
             raise EmailDeferred(f"recipient deferred: {reason}", code=min(code for code, _ in replies)) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            # The address needs SMTPUTF8 and the server has none: no later attempt will change that.
+            raise EmailRefused(f"the server cannot take this email: {exc}", code=None) from exc
         except smtplib.SMTPResponseException as exc:
             # The server answered (MAIL or DATA): smtplib has reset the session, which stays usable.
             if exc.smtp_code == SERVICE_CLOSING:
