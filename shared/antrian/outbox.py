@@ -117,7 +117,7 @@ class OutboxRelay:
                     logger.info("outbox relay is publishing again")
                 delay = MIN_RETRY_S
                 # Wake on the next commit that wrote a row, or after IDLE_WAIT_S.
-                for _ in listener.driver_connection.notifies(timeout=IDLE_WAIT_S, stop_after=1):
+                for _ in listener.connection.driver_connection.notifies(timeout=IDLE_WAIT_S, stop_after=1):
                     pass
             except Exception as exc:  # noqa: BLE001 - an outage must not end the relay
                 if delay == MIN_RETRY_S:
@@ -136,7 +136,7 @@ class OutboxRelay:
     def _listen(self):
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql(f"LISTEN {CHANNEL}")
-        return connection.connection
+        return connection
 
     def _connected(self) -> ConfirmedPublisher:
         if self._publisher is None:
@@ -153,9 +153,11 @@ class OutboxRelay:
             self._publisher = None
 
 
-def _close_quietly(connection) -> None:
+def _close_quietly(connection: Connection | None) -> None:
+    """Close the listening connection for good: back in the pool it would still be subscribed."""
     if connection is not None:
         try:
+            connection.invalidate()
             connection.close()
         except Exception:  # noqa: BLE001
             pass

@@ -43,12 +43,15 @@ def outbox_rows(engine) -> int:
 
 def test_a_message_leaves_only_if_its_transaction_commits(relay_parts):
     engine, broker = relay_parts
+    relay = outbox.OutboxRelay(engine, broker, BROKER_URL)
     with engine.connect() as connection:
         outbox.add(connection, SEND_INVOICE_EMAIL, 1)
+        assert relay.drain() == 0  # written, not committed: invisible to the relay
         connection.rollback()
-    with engine.begin() as connection:
+    with engine.connect() as connection:
         outbox.add(connection, SEND_INVOICE_EMAIL, 2)
-    relay = outbox.OutboxRelay(engine, broker, BROKER_URL)
+        assert relay.drain() == 0
+        connection.commit()
     assert relay.drain() == 1
     relay.close()
     assert [message["args"] for message in take_messages("emails")] == [[2]]
