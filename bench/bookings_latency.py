@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import threading
 import time
 from collections import Counter
 
@@ -223,29 +222,19 @@ def _invoice_check(engine: Engine, before: int) -> dict:
     return result
 
 
-class _OutboxSampler:
+class _OutboxSampler(probes.Sampler):
     """The outbox's row count every ``interval`` seconds: did the relay keep up while the load ran?"""
 
+    name = "outbox-sampler"
+
     def __init__(self, engine: Engine, *, interval: float = 0.25) -> None:
+        super().__init__(interval=interval)
         self.engine = engine
-        self.interval = interval
         self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="outbox-sampler", daemon=True)
 
-    def __enter__(self) -> _OutboxSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
+    def sample(self) -> None:
         with self.engine.connect() as connection:
-            while not self._stop.wait(self.interval):
-                self.samples.append(connection.execute(text("SELECT count(*) FROM outbox")).scalar_one())
-                connection.rollback()
+            self.samples.append(connection.execute(text("SELECT count(*) FROM outbox")).scalar_one())
 
     @property
     def max(self) -> int:

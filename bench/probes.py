@@ -40,7 +40,34 @@ def upstream_latency_ms(upstream: str, *, requests_count: int) -> dict:
 # --------------------------------------------------------------------------- where time goes
 
 
-class DbActivitySampler:
+class Sampler:
+    """Calls :meth:`sample` every ``interval`` seconds in a thread while its ``with`` block runs."""
+
+    name = "sampler"
+
+    def __init__(self, *, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class DbActivitySampler(Sampler):
     """Samples pg_stat_activity of the bench database every ``interval`` seconds: what its sessions do.
 
     Reported as the mean number of sessions per state and wait event ("active Lock:transactionid",
@@ -57,38 +84,34 @@ class DbActivitySampler:
            GROUP BY 1"""
     )
 
+    name = "db-activity-sampler"
+
     def __init__(self, engine: Engine, *, interval: float = 0.5) -> None:
+        super().__init__(interval=interval)
         self.engine = engine
-        self.interval = interval
         self.samples = 0
         self.totals: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="db-activity-sampler", daemon=True)
 
     _SESSIONS = text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
 
     def __enter__(self) -> DbActivitySampler:
         self._sessions_before = self._sessions()
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        super().__exit__(*exc_info)
         self.sessions_ended = self._sessions() - self._sessions_before
 
     def _sessions(self) -> int:
         with self.engine.connect() as connection:
             return connection.execute(self._SESSIONS).scalar_one()
 
-    def _loop(self) -> None:
+    def sample(self) -> None:
         with self.engine.connect() as connection:
-            while not self._stop.wait(self.interval):
-                rows = connection.execute(self._QUERY).all()
-                connection.rollback()
-                self.samples += 1
-                for row in rows:
-                    self.totals[row.what] = self.totals.get(row.what, 0) + row.n
+            rows = connection.execute(self._QUERY).all()
+        self.samples += 1
+        for row in rows:
+            self.totals[row.what] = self.totals.get(row.what, 0) + row.n
 
     def report(self, top: int = 5) -> dict:
         """The ``top`` most common states (mean number of sessions in each), and the sessions that ended."""
@@ -191,32 +214,19 @@ def _cpu_times() -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- memory
 
 
-class MemorySampler:
+class MemorySampler(Sampler):
     """Samples VmRSS (and reads VmHWM) of every process in a process group every ``interval`` seconds.
 
     Used on a Dramatiq worker: the group is its main process, its worker processes and its forks.
     """
 
+    name = "memory-sampler"
+
     def __init__(self, leader_pid: int, *, processes: int, interval: float = 0.2) -> None:
+        super().__init__(interval=interval)
         self.leader = leader_pid
         self.processes = processes
-        self.interval = interval
         self.peaks: dict[int, dict] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
 
     def sample(self) -> None:
         for pid in _group_members(self.leader):
