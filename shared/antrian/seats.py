@@ -54,15 +54,34 @@ def end_bookings(connection: Connection, booking_ids: Sequence[int], status: str
     after waiting for a concurrent writer's lock), so each booking's seats come back at most
     once whoever else is ending or paying it. Seats go back with one increment per tour.
     """
+    return _end(connection, "SELECT unnest(CAST(:ids AS bigint[])) AS id", status, ids=list(booking_ids))
+
+
+def expire_due_bookings(connection: Connection, limit: int) -> list[EndedBooking]:
+    """Expire up to ``limit`` pending bookings whose deadline has passed, oldest first, seats back per tour.
+
+    Bookings locked by someone else right now (a payment being applied, another sweep's batch)
+    are skipped, not waited for: they are either paid by then or found by the next batch.
+    """
+    chosen = (
+        "SELECT id FROM bookings WHERE status = 'pending' AND expires_at <= now() "
+        "ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+    )
+    return _end(connection, chosen, "expired", limit=limit)
+
+
+def _end(connection: Connection, chosen: str, status: str, **parameters) -> list[EndedBooking]:
+    """The one statement both ways of ending bookings share: ``chosen`` selects the candidates' ids."""
     if status not in ENDED_STATUSES:
         raise ValueError(f"a booking ends as one of {ENDED_STATUSES}, not {status!r}")
     rows = connection.execute(
         text(
-            """
-            WITH ended AS (
+            f"""
+            WITH chosen AS ({chosen}), ended AS (
                 UPDATE bookings SET status = :status
-                WHERE id = ANY(:ids) AND status = 'pending'
-                RETURNING id, code, tour_id, quantity
+                FROM chosen
+                WHERE bookings.id = chosen.id AND bookings.status = 'pending'
+                RETURNING bookings.id, bookings.code, bookings.tour_id, bookings.quantity
             ), released AS (
                 UPDATE tours SET quota = tours.quota + seats.quantity
                 FROM (SELECT tour_id, sum(quantity) AS quantity FROM ended GROUP BY tour_id) AS seats
@@ -71,6 +90,6 @@ def end_bookings(connection: Connection, booking_ids: Sequence[int], status: str
             SELECT id, code, tour_id, quantity FROM ended ORDER BY id
             """
         ),
-        {"ids": list(booking_ids), "status": status},
+        {"status": status, **parameters},
     ).all()
     return [EndedBooking(id=row.id, code=row.code, tour_id=row.tour_id, quantity=row.quantity) for row in rows]
