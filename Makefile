@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SERVICES := -e shared -e services/sync-api -e services/mailer
+SERVICES := -e shared -e services/sync-api -e services/mailer -e services/booking-expiry
 
 .DEFAULT_GOAL := help
 .PHONY: help install services run test bench clean

@@ -100,3 +100,76 @@ def _follow(engine, run_id: int) -> dict:
                 return run
             time.sleep(POLL_INTERVAL_S)
             run = sync_runs.get_run(engine, run_id)
+
+
+@main.group()
+def schedule() -> None:
+    """Scheduled tasks (Laravel's schedule:list, schedule:run and schedule:work)."""
+
+
+def _scheduled(*, broker: bool):
+    from . import schedule as scheduling
+
+    settings = settings_or_exit("antrian schedule", broker=broker)
+    return settings, db.make_engine(settings.database_url), scheduling
+
+
+@schedule.command("list")
+def schedule_list() -> None:
+    """Show each scheduled task, when it was last enqueued and when it is next due."""
+    settings, engine, scheduling = _scheduled(broker=False)
+    rows = guarded("antrian schedule list", lambda: scheduling.status(engine, scheduling.tasks(settings)))
+    for row in rows:
+        task = row.task
+        last = row.last_enqueued_at.isoformat(timespec="seconds") if row.last_enqueued_at else "never"
+        wait = max((row.next_due_at - row.now).total_seconds(), 0)
+        due = "now" if wait == 0 else f"in {_duration(wait)} ({row.next_due_at.isoformat(timespec='seconds')})"
+        click.echo(f"every {_duration(task.every_seconds):<8} {task.name:<24} "
+                   f"{task.contract.queue}: {task.contract.actor}()  last enqueued {last}  next due {due}")
+        click.echo(f"{'':15}{task.description}")
+
+
+@schedule.command("run")
+def schedule_run() -> None:
+    """Enqueue every task that is due now (once per period, whoever else runs this)."""
+    from .broker import make_broker
+
+    settings, engine, scheduling = _scheduled(broker=True)
+    broker = make_broker(settings)
+    try:
+        names = guarded("antrian schedule run", lambda: scheduling.run_due(engine, broker, scheduling.tasks(settings)))
+    finally:
+        broker.close()
+    click.echo("\n".join(f"enqueued {name}" for name in names) if names else "nothing is due")
+
+
+@schedule.command("work")
+def schedule_work() -> None:
+    """Run in the foreground, enqueueing each task when it is due (Ctrl-C or SIGTERM stops it)."""
+    import signal
+    import threading
+
+    from .broker import make_broker
+    from .logging import configure_logging
+
+    settings, engine, scheduling = _scheduled(broker=True)
+    configure_logging("scheduler", settings.log_level)
+    broker = make_broker(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    scheduled = scheduling.tasks(settings)
+    click.echo(f"scheduler started: {', '.join(f'{t.name} every {_duration(t.every_seconds)}' for t in scheduled)}")
+    try:
+        scheduling.work(engine, broker, scheduled, stop)
+    finally:
+        broker.close()
+    click.echo("scheduler stopped")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{seconds}s" if seconds else ""]
+    return "".join(parts) or "0s"

@@ -56,3 +56,8 @@ EMAILS_QUEUE = "emails"
 SEND_INVOICE_EMAIL = Contract(EMAILS_QUEUE, "send_invoice_email")
 #: ``send_eticket_email(booking_id)``: the paid booking's e-ticket, with a QR code of its code.
 SEND_ETICKET_EMAIL = Contract(EMAILS_QUEUE, "send_eticket_email")
+
+BOOKING_EXPIRY_QUEUE = "booking-expiry"
+
+#: ``expire_unpaid_bookings()``: expire every pending booking past its deadline, seats back (the sweep).
+EXPIRE_UNPAID_BOOKINGS = Contract(BOOKING_EXPIRY_QUEUE, "expire_unpaid_bookings")

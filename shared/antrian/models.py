@@ -194,3 +194,12 @@ class EmailDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     sent_at: Mapped[datetime | None]
+
+
+class ScheduledTaskRun(Base):
+    """When each scheduled task was last enqueued: the claim that keeps two schedulers from both enqueueing it."""
+
+    __tablename__ = "scheduled_task_runs"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_enqueued_at: Mapped[datetime | None]

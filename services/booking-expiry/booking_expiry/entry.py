@@ -1,0 +1,19 @@
+"""Console entry points: ``booking-expiry`` (the sweep's Dramatiq worker) and ``booking-expiry-scheduler``."""
+
+from __future__ import annotations
+
+import sys
+
+from antrian.workers import exec_worker
+
+
+def worker() -> None:
+    """Run the Dramatiq worker of queue booking-expiry; extra arguments go to dramatiq."""
+    exec_worker("booking-expiry", "booking_expiry.worker", sys.argv[1:])
+
+
+def scheduler() -> None:
+    """Enqueue the sweep every EXPIRY_SWEEP_SECONDS: ``antrian schedule work``, as its own deployable."""
+    from antrian.cli import main
+
+    main(["schedule", "work", *sys.argv[1:]], prog_name="booking-expiry-scheduler")

@@ -1,0 +1,17 @@
+"""booking-expiry's broker module, loaded by ``dramatiq booking_expiry.worker`` in every worker process."""
+
+from __future__ import annotations
+
+from dramatiq.middleware.prometheus import Prometheus
+
+from antrian.broker import make_broker
+from antrian.config import load_settings
+from antrian.logging import configure_logging
+
+settings = load_settings()
+configure_logging("booking-expiry", settings.log_level)
+broker = make_broker(settings, extra_middleware=[Prometheus()])
+
+from . import actors  # noqa: E402 - actors bind to the broker made just above
+
+actors.configure(settings)

@@ -1,0 +1,124 @@
+"""The schedule: which message is enqueued how often, safely from any number of schedulers.
+
+Laravel's scheduler, for Dramatiq: ``antrian schedule list`` / ``run`` / ``work`` are its
+``schedule:list`` / ``schedule:run`` / ``schedule:work``. Each task's time is cut into slots of
+``every_seconds`` aligned to the Unix epoch (every 300 s: at :00, :05, :10, ...). Whoever first
+claims a slot in PostgreSQL enqueues the task, with a publisher confirm, inside the claiming
+transaction; everyone else finds the slot claimed. So a scheduler process, a Kubernetes CronJob
+running ``antrian schedule run`` and an operator typing it can all run at once, and a task is still
+enqueued once per slot ("on one server"). An enqueue that fails rolls its claim back: the next
+tick tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dramatiq
+from sqlalchemy import Engine, select, text
+from sqlalchemy.dialects.postgresql import insert
+
+from .config import Settings
+from .messages import EXPIRE_UNPAID_BOOKINGS, Contract
+from .models import ScheduledTaskRun
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScheduledTask:
+    name: str
+    contract: Contract
+    every_seconds: int
+    description: str
+
+
+def tasks(settings: Settings) -> list[ScheduledTask]:
+    """Every scheduled task, with its period from the settings."""
+    return [
+        ScheduledTask(
+            name="expire-unpaid-bookings",
+            contract=EXPIRE_UNPAID_BOOKINGS,
+            every_seconds=settings.expiry_sweep_seconds,
+            description="expire pending bookings past their deadline, seats back (EXPIRY_SWEEP_SECONDS)",
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    task: ScheduledTask
+    last_enqueued_at: datetime | None
+    next_due_at: datetime
+    now: datetime
+
+
+def _slot_end(moment: datetime, every_seconds: int) -> datetime:
+    """The start of the slot after the one ``moment`` is in."""
+    epoch = moment.timestamp()
+    return datetime.fromtimestamp((epoch // every_seconds + 1) * every_seconds, tz=moment.tzinfo)
+
+
+def status(engine: Engine, scheduled: list[ScheduledTask]) -> list[TaskStatus]:
+    """Each task's last enqueue and next due time, by the database's clock (the one claims use)."""
+    with engine.connect() as connection:
+        now = connection.execute(text("SELECT now()")).scalar_one()
+        last = dict(connection.execute(select(ScheduledTaskRun.name, ScheduledTaskRun.last_enqueued_at)).all())
+    result = []
+    for task in scheduled:
+        previous = last.get(task.name)
+        due = now if previous is None or _slot_end(previous, task.every_seconds) <= now else _slot_end(
+            previous, task.every_seconds
+        )
+        result.append(TaskStatus(task=task, last_enqueued_at=previous, next_due_at=due, now=now))
+    return result
+
+
+CLAIM = text(
+    """
+    UPDATE scheduled_task_runs SET last_enqueued_at = now()
+    WHERE name = :name AND (
+        last_enqueued_at IS NULL
+        OR floor(extract(epoch FROM last_enqueued_at) / :every) < floor(extract(epoch FROM now()) / :every)
+    )
+    RETURNING name
+    """
+)
+
+
+def run_due(engine: Engine, broker: dramatiq.Broker, scheduled: list[ScheduledTask]) -> list[str]:
+    """Enqueue each task whose current slot nobody has claimed yet; return the names enqueued."""
+    enqueued = []
+    for task in scheduled:
+        with engine.begin() as connection:
+            connection.execute(insert(ScheduledTaskRun).values(name=task.name).on_conflict_do_nothing())
+            if connection.execute(CLAIM, {"name": task.name, "every": task.every_seconds}).first() is None:
+                continue
+            message = task.contract.send(broker)  # confirmed before the claim commits
+        logger.info("scheduled task %s enqueued", task.name,
+                    extra={"event": "task_enqueued", "task": task.name, "message_id": message.message_id})
+        enqueued.append(task.name)
+    return enqueued
+
+
+#: Seconds past a slot's start at which the scheduler looks (clock jitter), and at most between looks.
+WAKE_MARGIN_S, MAX_SLEEP_S = 0.2, 60.0
+#: Seconds between attempts while the database or RabbitMQ is away.
+RETRY_S = 5.0
+
+
+def work(engine: Engine, broker: dramatiq.Broker, scheduled: list[ScheduledTask], stop: threading.Event) -> None:
+    """Enqueue what is due, then sleep until the next slot starts, until ``stop`` is set (schedule:work)."""
+    while not stop.is_set():
+        try:
+            run_due(engine, broker, scheduled)
+            statuses = status(engine, scheduled)
+        except Exception as exc:  # noqa: BLE001 - an outage must not end the scheduler
+            logger.warning("scheduler cannot enqueue, retrying in %.0f s: %s", RETRY_S, exc)
+            stop.wait(RETRY_S)
+            continue
+        wait = min((s.next_due_at - s.now for s in statuses), default=timedelta(seconds=MAX_SLEEP_S))
+        stop.wait(min(max(wait.total_seconds(), 0) + WAKE_MARGIN_S, MAX_SLEEP_S))
