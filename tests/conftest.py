@@ -63,7 +63,10 @@ def engine(infrastructure) -> Iterator[Engine]:
 
 
 #: Every table a test may fill.
-TABLES = ("students", "sync_runs", "sync_items", "tours", "bookings", "payments", "outbox", "email_deliveries")
+TABLES = (
+    "students", "sync_runs", "sync_items", "tours", "bookings", "payments", "outbox", "email_deliveries",
+    "scheduled_task_runs",
+)
 
 
 @pytest.fixture

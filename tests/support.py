@@ -29,6 +29,7 @@ BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}"
 API_TOKEN = "test-token-0123456789"
 SYNC_QUEUES = ("sync-pembayaran", "sync-pembayaran.DQ", "sync-pembayaran.XQ")
 EMAIL_QUEUES = ("emails", "emails.DQ", "emails.XQ")
+EXPIRY_QUEUES = ("booking-expiry", "booking-expiry.DQ", "booking-expiry.XQ")
 PAYMENT_SERVER_KEY = "SB-Mid-server-test-key"
 
 
@@ -168,7 +169,7 @@ class Service:
             self.process.wait(10)
 
 
-def purge_queues(queues=SYNC_QUEUES + EMAIL_QUEUES, broker_url: str = BROKER_URL) -> None:
+def purge_queues(queues=SYNC_QUEUES + EMAIL_QUEUES + EXPIRY_QUEUES, broker_url: str = BROKER_URL) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
         for queue in queues:
