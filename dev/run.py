@@ -15,8 +15,11 @@ Every variable of SPEC's configuration is passed through from the environment. B
 PAYMENT_SIMULATOR defaults to ``true`` here, so a person can pay for a booking. When API_TOKEN or
 PAYMENT_SERVER_KEY is unset a development value is generated and printed.
 
+EXPIRY_SWEEP_SECONDS and BOOKING_EXPIRY_MINUTES pass through too: booking-expiry-scheduler enqueues the
+sweep that often, and sync-api gives each booking that long to be paid.
+
 Adding a service is one ``Child`` entry in ``CHILDREN``. Standard library only, but for the query that
-finds a demo tour for the printed example.
+finds a demo tour for the printed example and the expiry settings it prints.
 """
 
 from __future__ import annotations
@@ -76,7 +79,10 @@ CHILDREN = [
           ready="http://127.0.0.1:{metrics_port}/metrics", metrics_offset=0),
     Child("mailer", ("mailer", "--processes", "1", "--threads", "4"),
           ready="http://127.0.0.1:{metrics_port}/metrics", metrics_offset=1),
-    # booking-expiry (metrics_offset=2) and its scheduler go here once services/booking-expiry/ exists.
+    Child("booking-expiry", ("booking-expiry", "--processes", "1", "--threads", "2"),
+          ready="http://127.0.0.1:{metrics_port}/metrics", metrics_offset=2),
+    # Enqueues the sweep every EXPIRY_SWEEP_SECONDS (`antrian schedule work`); it serves nothing to wait for.
+    Child("booking-expiry-scheduler", ("booking-expiry-scheduler",)),
 ]
 
 
@@ -258,8 +264,18 @@ def where_to_look(running: list[Running], env: dict[str, str], ports: dict[str, 
         say(f"  mail sink   http://127.0.0.1:{ports['sink_port']}/  (every email sent, kept in "
             f"{env.get('MAIL_SINK_DIR') or 'var/mail-sink'}/)")
     say(f"  payments    PAYMENT_SERVER_KEY {secret('PAYMENT_SERVER_KEY')}")
+    say(f"  expiry      {expiry(env)}")
     try_it(env, base, tour_id, token=env["API_TOKEN"] if "API_TOKEN" in generated else "$API_TOKEN")
     say("Ctrl-C stops everything.")
+
+
+def expiry(env: Mapping[str, str]) -> str:
+    """When unpaid bookings expire and how often the sweep looks (``antrian migrate`` has validated both)."""
+    from antrian.config import load_settings
+
+    settings = load_settings(env)
+    return (f"unpaid bookings expire {settings.booking_expiry_minutes} min after they are made "
+            f"(BOOKING_EXPIRY_MINUTES), swept every {settings.expiry_sweep_seconds} s (EXPIRY_SWEEP_SECONDS)")
 
 
 def try_it(env: Mapping[str, str], base: str, tour_id: int | None, *, token: str) -> None:
