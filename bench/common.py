@@ -55,6 +55,11 @@ def set_log_dir(path: Path) -> None:
     _log_dir = path
 
 
+def log_path(name: str) -> Path:
+    """A file of this invocation's log folder."""
+    return _log_dir / name
+
+
 # --------------------------------------------------------------------------- infrastructure
 
 
