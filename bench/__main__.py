@@ -2,7 +2,8 @@
 
 Parts: (a) students/s vs a bare Dramatiq actor, with (d) worker memory sampled during (a);
 (b) wall time vs the latency bound; (c) POST latency and fan-out rate; (e) POST /api/bookings latency
-at a steady rate vs GET /healthz; (f) invoice emails/s by the mailer vs one smtplib connection. The figures go to stdout
+at a steady rate vs GET /healthz; (f) invoice emails/s by the mailer vs one smtplib connection; (g) the booking expiry
+sweep vs the old one-transaction-per-booking loop, and the sweep's query plan. The figures go to stdout
 as a table and to bench/results/latest.json; process logs to bench/results/logs/<time>/.
 """
 
@@ -17,21 +18,25 @@ import sys
 import time
 import traceback
 
-from . import bookings_latency, common, email_rate, fanout, latency_bound, sync_throughput
+from . import bookings_latency, common, email_rate, expiry_sweep, fanout, latency_bound, sync_throughput
 
-PARTS = ("a", "b", "c", "e", "f")
+PARTS = ("a", "b", "c", "e", "f", "g")
 #: Defaults of the full suite, and of ``--small`` (a quick check that everything works).
 #: (a) runs both sides with Dramatiq's default of 8 threads per process: with an instant upstream,
 #: more threads only add GIL hand-offs (futex time) to both.
 #: (f) runs the mailer with 4 threads per process: against the instant local sink it is CPU-bound, and
 #: 2, 4, 8 and 16 threads gave 245, 249-261, 227-251 and 224 emails/s (4 holds half the transactions open).
+#: (g) times the per-booking loop on all bookings if its first g_loop_subset say it ends within g_loop_budget_s,
+#: else extrapolates from them.
 FULL = {"a_students": 20_000, "a_processes": 2, "a_threads": 8,
         "b_students": 6_102, "b_processes": 2, "b_threads": 32, "b_latency_ms": 400.0,
         "c_students": 100_000, "c_samples": 9, "c_publish": 100_000,
         "e_rate": 200, "e_seconds": 30, "e_concurrency": 20,
-        "f_emails": 5_000, "f_processes": 2, "f_threads": 4}
+        "f_emails": 5_000, "f_processes": 2, "f_threads": 4,
+        "g_bookings": 100_000, "g_tours": 100, "g_repeats": 3, "g_loop_subset": 10_000, "g_loop_budget_s": 240,
+        "g_plan_bookings": 1_000_000, "g_plan_due": 100}
 SMALL = {**FULL, "a_students": 2_000, "b_students": 610, "c_students": 10_000, "c_samples": 5, "c_publish": 10_000,
-         "e_seconds": 5, "f_emails": 500}
+         "e_seconds": 5, "f_emails": 500, "g_bookings": 10_000, "g_repeats": 1, "g_plan_bookings": 100_000}
 
 
 class BenchTimeout(BaseException):
@@ -121,7 +126,11 @@ def _run_part(part: str, engine, args: argparse.Namespace) -> dict:
         return fanout.run(engine, students=args.c_students, samples=args.c_samples, publish=args.c_publish)
     if part == "e":
         return bookings_latency.run(engine, rate=args.e_rate, seconds=args.e_seconds, concurrency=args.e_concurrency)
-    return email_rate.run(engine, emails=args.f_emails, processes=args.f_processes, threads=args.f_threads)
+    if part == "f":
+        return email_rate.run(engine, emails=args.f_emails, processes=args.f_processes, threads=args.f_threads)
+    return expiry_sweep.run(engine, bookings=args.g_bookings, tours=args.g_tours, repeats=args.g_repeats,
+                            loop_subset=args.g_loop_subset, loop_budget_s=args.g_loop_budget_s,
+                            plan_bookings=args.g_plan_bookings, plan_due=args.g_plan_due)
 
 
 def table_rows(parts: dict) -> list[dict]:
@@ -196,6 +205,7 @@ def table_rows(parts: dict) -> list[dict]:
             _per_student(raw["cpu_seconds"], raw["messages"] / 1000) + f"; {raw['machine_cpu_busy_percent']}%")
     _booking_rows(parts.get("e", {}), add)
     _email_rows(parts.get("f", {}), add)
+    _expiry_rows(parts.get("g", {}), add)
     return rows
 
 
@@ -260,6 +270,44 @@ def _email_rows(f: dict, add) -> None:
     add("f", "  mean busy DB sessions", _sessions(mailer["db_sessions"]))
 
 
+def _expiry_rows(g: dict, add) -> None:
+    if "sweep" not in g:
+        return
+    sweep, loop, plan = g["sweep"], g["loop"], g["plan"]
+    add("g", f"sweep(engine) of {g['bookings']:,} due bookings over {g['tours']} tours, batch"
+             f" {g['default_batch_size']:,}, median of {len(sweep['runs'])}",
+        f"{sweep['median_s']} s ({sweep['bookings_per_s']:,}/s)", "< 5 s", sweep["median_s"] < 5)
+    add("g", "old per-booking loop: 1 transaction, 6 round trips a booking",
+        f"{loop['seconds']} s ({loop['per_booking_ms']} ms each)", "(baseline)")
+    add("g", f"  {loop['how']}", "")
+    add("g", "ratio loop / sweep", f"{g['ratio']}x", ">= 20x", g["ratio"] >= 20)
+    add("g", "end states: all due expired, tour quotas back to start, others untouched; sweep = loop",
+        f"{'ok' if g['end_states_ok'] else 'WRONG'}; "
+        + ("same digest" if g["same_end_state"] else "loop partial: not compared" if not loop["complete"]
+           else "DIFFERENT"),
+        "all ok", g["end_states_ok"] and (g["same_end_state"] or not loop["complete"]))
+    for size, result in g["batch_sizes"].items():
+        probe = result.get("probe", {})
+        add("g", f"  batch {int(size):,}: median (min-max), batches, per batch; a tour update waited at most",
+            f"{result['median_s']} s ({result['min_s']}-{result['max_s']}), {result['batches']},"
+            f" {result['ms_per_batch']} ms; {probe.get('max_ms')} ms", "(info)")
+    quiet = g["sweep_without_log_lines"]
+    add("g", f"  batch {g['default_batch_size']:,} without its {g['bookings']:,} JSON log lines",
+        f"{quiet['seconds']} s", "(info)")
+    add("g", f"plan, {plan['bookings']:,} bookings of which {plan['mix']['DUE']} due: index scan on"
+             " bookings_pending_expires_at", plan["index_scan"] + ("" if plan["index_scan"] == "yes"
+                                                                   else f" ({plan['scan']})"),
+        "yes", plan["index_scan"] == "yes")
+    add("g", "  planning + execution, EXPLAIN (ANALYZE, BUFFERS); repeated",
+        f"{plan['planning_ms']} + {plan['execution_ms']} ms; {' / '.join(map(str, plan['repeated_total_ms']))} ms",
+        "< 10 ms", plan["total_ms"] < 10)
+    for size, result in plan["batch_sizes"].items():
+        add("g", f"  LIMIT {int(size):,}: the UPDATE reaches its rows by", f"{result['update_join']}:"
+            f" {result['total_ms']} ms", "(info)")
+    add("g", f"  sweep(engine) on that data ({plan['sweep']['expired']} expired)", f"{plan['sweep']['seconds']} s",
+        "(info)", plan["sweep"]["end_state"]["ok"] and plan["data_unchanged_after_explain"])
+
+
 def _per_student(cpu_seconds: dict[str, float], students: int) -> str:
     return ", ".join(f"{who} {seconds * 1000 / students:.1f}" for who, seconds in cpu_seconds.items())
 
@@ -297,6 +345,10 @@ def print_table(results: dict) -> None:
         print("    a slow spell or an unanswered request shows as fewer answered requests than ticks.")
     if "f" in parts:
         print("(f) both rates span the first to the last email the sink received; 'other' CPU is outside the bench.")
+    if "g" in parts:
+        print("(g) sweep() is called in-process (its actor only wraps it in Dramatiq), on the worker's engine, writing")
+        print("    its JSON log lines to a file; the data is regenerated before every run. A tour update's wait is")
+        print("    timed in the bench process while a sweep runs (a booking's wait for the tours' row locks).")
     if "error" in results:
         print(f"ABORTED: {results['error']}")
     print(f"figures: {common.RESULTS_DIR / 'latest.json'}   logs: {results['logs']}")
