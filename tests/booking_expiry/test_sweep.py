@@ -1,0 +1,208 @@
+"""The sweep in this process against the real PostgreSQL: overlapping sweeps, batches, and the race with a payment."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import create_engine, func, select, text
+
+from booking_expiry import sweep
+from sync_api import payments
+
+from ..support import DATABASE_URL, wait_until
+from .helpers import add_bookings, bookings_by_status, sweep_backend_waiting, tour_row_locked
+
+
+def skipped_total() -> float:
+    return REGISTRY.get_sample_value("antrian_expiry_sweeps_skipped_total") or 0.0
+
+
+def skip_lines(caplog) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if getattr(record, "event", None) == "sweep_skipped"]
+
+
+@pytest.fixture
+def logs(caplog):
+    caplog.set_level(logging.INFO, logger="booking_expiry.sweep")
+    return caplog
+
+
+def test_a_sweep_skips_at_once_while_another_holds_the_lock_and_runs_once_it_is_free(tours, logs):
+    engine = tours.engine
+    [tour] = tours.add(quota=500)
+    add_bookings(engine, [tour], 100)
+    skipped = skipped_total()
+
+    # Given another sweep holding the sweep's advisory lock (a third connection, standing in for it)
+    with engine.connect() as other:
+        assert other.execute(select(func.pg_try_advisory_lock(sweep.SWEEP_LOCK))).scalar_one()
+        other.commit()
+
+        # When a sweep starts, it returns at once, having done nothing, and says so in its log and metric
+        started = time.perf_counter()
+        result = sweep.sweep(engine)
+        assert time.perf_counter() - started < 1
+        assert result == sweep.SweepResult(ran=False)
+        assert bookings_by_status(engine) == {"pending": 100}
+        assert skipped_total() == skipped + 1
+        [line] = skip_lines(logs)
+        assert "another sweep is running" in line.getMessage()
+
+        other.execute(select(func.pg_advisory_unlock(sweep.SWEEP_LOCK)))
+        other.commit()
+
+    # Then, the lock free, the next sweep does the work
+    result = sweep.sweep(engine)
+    assert (result.ran, result.expired, result.batches) == (True, 100, 1)
+    assert bookings_by_status(engine) == {"expired": 100}
+    assert skipped_total() == skipped + 1
+
+
+def test_a_second_sweep_skips_while_the_first_is_inside_a_batch(tours, logs):
+    # Given due bookings, one of whose tours is locked by a booking transaction that takes a while
+    engine = tours.engine
+    tour_ids = tours.add(2, quota=1_000)
+    add_bookings(engine, tour_ids, 300)
+    first: list[sweep.SweepResult] = []
+    with tour_row_locked(engine, tour_ids[1]):
+        # When a first sweep starts and waits inside its batch statement for that tour's row
+        running = threading.Thread(target=lambda: first.append(sweep.sweep(engine)))
+        running.start()
+        wait_until(lambda: sweep_backend_waiting(engine), timeout=10, what="the first sweep to wait inside its batch")
+
+        # Then a second sweep skips at once, without touching a booking
+        started = time.perf_counter()
+        assert sweep.sweep(engine) == sweep.SweepResult(ran=False)
+        assert time.perf_counter() - started < 1
+        assert bookings_by_status(engine) == {"pending": 300}
+        assert len(skip_lines(logs)) == 1
+    # And once the tour is free the first sweep expires every due booking, once
+    running.join(30)
+    assert [(result.ran, result.expired) for result in first] == [(True, 300)]
+    assert bookings_by_status(engine) == {"expired": 300}
+
+
+def test_two_sweeps_started_at_the_same_instant_one_works_one_skips(tours, logs):
+    engine = tours.engine
+    tour_ids = tours.add(5, quota=10_000)
+    skipped = skipped_total()
+    for _ in range(5):
+        # Given 2,000 due bookings: in batches of 50 a sweep takes long enough for the other to start meanwhile
+        add_bookings(engine, tour_ids, 2_000)
+        barrier = threading.Barrier(2)
+        results: list[sweep.SweepResult] = []
+
+        def run(barrier=barrier, results=results):
+            barrier.wait()
+            results.append(sweep.sweep(engine, batch_size=50))
+
+        # When two threads start a sweep at the same instant
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+
+        # Then one expires all 2,000 in 40 batches, the other skips, and nothing was expired twice
+        assert sorted((r.ran, r.expired, r.batches) for r in results) == [(False, 0, 0), (True, 2_000, 40)]
+        assert bookings_by_status(engine, "status = 'pending'") == {}
+        tours.assert_seats_add_up()
+    assert skipped_total() == skipped + 5
+    assert len(skip_lines(logs)) == 5
+
+
+def test_the_sweep_expires_in_batches_of_its_size_and_only_what_is_due(tours):
+    engine = tours.engine
+    tour_ids = tours.add(3, quota=5_000)
+    add_bookings(engine, tour_ids, 2_500, due="all")
+    add_bookings(engine, tour_ids, 700, due="none")
+    add_bookings(engine, tour_ids, 300, due="all", status="paid")
+    result = sweep.sweep(engine, batch_size=1_000)
+    # 2,500 due: batches of 1,000, 1,000 and 500 (the short one ends the sweep)
+    assert (result.ran, result.expired, result.batches) == (True, 2_500, 3)
+    assert bookings_by_status(engine) == {"expired": 2_500, "pending": 700, "paid": 300}
+    # A sweep with nothing due runs and changes nothing
+    assert sweep.sweep(engine) == sweep.SweepResult(ran=True, expired=0, seats=0, batches=0,
+                                                    seconds=pytest.approx(0, abs=1))
+
+
+#: Trials of a settlement racing the sweep for a booking that has just passed its deadline.
+RACE_TRIALS = 1_000
+#: The sweep makes two more round trips (its advisory lock, a commit) than the settlement before it reaches
+#: the booking, so started at the same instant the settlement wins about 4 times in 5. The settlement
+#: waits 0 to 0.5 ms after the barrier, a fraction of either transaction's length, which evens the race
+#: (about half each way) while keeping both in flight together.
+SETTLEMENT_HANDICAP_S = 0.0005
+
+
+def test_a_settlement_and_the_sweep_racing_on_a_just_expired_booking_end_paid_and_seats_add_up(tours):
+    # Given 1,000 pending bookings, none due yet, on 10 tours with seats to spare
+    tour_ids = tours.add(10, quota=300)
+    add_bookings(tours.engine, tour_ids, RACE_TRIALS, due="none")
+    with tours.engine.connect() as connection:
+        bookings = connection.execute(text("SELECT id, code, tour_id, total_amount FROM bookings ORDER BY id")).all()
+    # An engine of its own, without a pre-ping, so neither side pays an extra round trip the other does not
+    engine = create_engine(DATABASE_URL, pool_size=4, max_overflow=0)
+    orders = Counter()
+    try:
+        for booking in bookings:
+            # When the booking's deadline has just passed, and its settlement and a sweep start at the same instant
+            with engine.begin() as connection:
+                connection.execute(text("UPDATE bookings SET expires_at = now() - interval '1 second' WHERE id = :id"),
+                                   {"id": booking.id})
+            barrier = threading.Barrier(2)
+            outcome: dict[str, object] = {}
+            settle_delay = random.uniform(0, SETTLEMENT_HANDICAP_S)
+
+            def settle(booking=booking, barrier=barrier, outcome=outcome, delay=settle_delay):
+                try:
+                    barrier.wait()
+                    time.sleep(delay)
+                    outcome["payment"] = payments.apply(
+                        engine, payments.settlement_for(booking.code, booking.total_amount))
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    outcome["error"] = exc
+
+            def expire(barrier=barrier, outcome=outcome):
+                try:
+                    barrier.wait()
+                    outcome["sweep"] = sweep.sweep(engine)
+                except Exception as exc:  # noqa: BLE001
+                    outcome["error"] = exc
+
+            threads = [threading.Thread(target=settle), threading.Thread(target=expire)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert "error" not in outcome, outcome
+            payment, swept = outcome["payment"], outcome["sweep"]
+
+            # Then it ends paid, one way or the other, and both sides agree which way it went
+            assert payment.status == "paid" and payment.duplicate is False
+            assert swept.ran
+            if payment.outcome == "paid":
+                assert swept.expired == 0, "the sweep expired a booking the settlement found pending"
+            else:
+                assert payment.outcome == "paid_after_expiry", payment
+                assert swept.expired == 1
+            orders[payment.outcome] += 1
+            with engine.connect() as connection:
+                status = connection.execute(text("SELECT status FROM bookings WHERE id = :id"),
+                                            {"id": booking.id}).scalar_one()
+            assert status == "paid"
+            # And its tour's seats add up after every trial: never seats returned for a paid booking
+            tours.assert_seats_add_up([booking.tour_id])
+    finally:
+        engine.dispose()
+    print(f"\nsettlement and sweep racing, {RACE_TRIALS} trials: settlement first (paid) {orders['paid']}, "
+          f"sweep first (paid_after_expiry) {orders['paid_after_expiry']}")
+    assert orders["paid"] >= 1 and orders["paid_after_expiry"] >= 1, orders
+    assert bookings_by_status(tours.engine) == {"paid": RACE_TRIALS}
+
