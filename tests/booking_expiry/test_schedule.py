@@ -1,0 +1,140 @@
+"""The schedule: the sweep enqueued every EXPIRY_SWEEP_SECONDS by real schedulers, once per slot, and what it does."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime
+
+import requests
+from sqlalchemy import text
+
+from antrian import schedule
+from antrian.broker import make_broker
+from antrian.config import load_settings
+
+from ..bookings import book, create_tour, quota
+from ..support import BIN, BROKER_URL, DATABASE_URL, ROOT, base_env, queue_depth, take_messages, wait_until
+from .helpers import log_events, metric
+
+#: The sweep's period in these tests: short, so that a test sees several slots in seconds.
+SWEEP_S = 2
+
+
+def enqueued(*services) -> list[float]:
+    """When each ``task_enqueued`` line of these schedulers was written (Unix time, the machine's clock)."""
+    return sorted(
+        datetime.strptime(line["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for line in log_events(*(service.log() for service in services), event="task_enqueued")
+    )
+
+
+def test_an_unpaid_booking_expires_on_its_own_and_its_seats_come_back(
+    tours, start_web, auth, start_expiry_worker, start_scheduler
+):
+    # Given sync-api, a booking-expiry worker and its scheduler, all real processes, sweeping every 2 s
+    web = start_web(BOOKING_EXPIRY_MINUTES="1")
+    worker = start_expiry_worker()
+    scheduler = start_scheduler(EXPIRY_SWEEP_SECONDS=str(SWEEP_S))
+    tour = create_tour(web, auth, quota=10)
+    tours.track(tour["id"], 10)
+
+    # When a customer books 3 seats and does not pay
+    booking = book(web, auth, tour["id"], quantity=3).json()
+    assert booking["status"] == "pending" and quota(tours.engine, tour["id"]) == 7
+    created = requests.get(f"{web}/api/bookings/{booking['id']}", headers=auth).json()
+    deadline = datetime.fromisoformat(created["expires_at"]) - datetime.fromisoformat(created["created_at"])
+    assert deadline.total_seconds() == 60  # BOOKING_EXPIRY_MINUTES=1
+    time.sleep(SWEEP_S + 0.5)  # a sweep or two run meanwhile and leave it alone: its minute is not up
+    assert requests.get(f"{web}/api/bookings/{booking['id']}", headers=auth).json()["status"] == "pending"
+
+    # And its minute passes: moved into the past with SQL, so that the test need not wait the minute out
+    with tours.engine.begin() as connection:
+        connection.execute(text("UPDATE bookings SET expires_at = now() - interval '1 second' WHERE id = :id"),
+                           {"id": booking["id"]})
+    moved = time.monotonic()
+
+    # Then it expires on its own within a couple of sweep intervals, and its seats come back
+    wait_until(
+        lambda: requests.get(f"{web}/api/bookings/{booking['id']}", headers=auth).json()["status"] == "expired",
+        timeout=3 * SWEEP_S + 2, interval=0.2, what="the booking to expire on its own",
+    )
+    assert time.monotonic() - moved < 2 * SWEEP_S + 1.5
+    assert quota(tours.engine, tour["id"]) == 10
+    [line] = log_events(worker.log(), event="booking_expired")
+    assert (line["code"], line["tour_id"], line["seats"]) == (booking["code"], tour["id"], 3)
+
+    # And the scheduler enqueued the sweep more than once, and the worker ran each of them
+    times = enqueued(scheduler)
+    assert len(times) >= 2
+    wait_until(lambda: metric(worker.metrics_url, "antrian_expiry_sweep_seconds_count") >= len(times), timeout=10,
+               what="the worker to have run every sweep enqueued")
+    assert metric(worker.metrics_url, "antrian_bookings_expired_total") == 1
+    assert metric(worker.metrics_url, "antrian_seats_released_total") == 3
+    assert metric(worker.metrics_url, "antrian_expiry_last_success_timestamp_seconds") > time.time() - 3 * SWEEP_S
+
+
+def test_two_schedulers_running_at_once_enqueue_the_sweep_once_per_slot(tours, start_scheduler):
+    # Given two schedulers of the same 2 s sweep, running at once (as two replicas would)
+    schedulers = [start_scheduler(EXPIRY_SWEEP_SECONDS=str(SWEEP_S)) for _ in range(2)]
+
+    # When four whole slots pass (from the first slot boundary a second after both started)
+    first = math.ceil((time.time() + 1) / SWEEP_S) * SWEEP_S
+    last = first + 4 * SWEEP_S
+    time.sleep(last + 0.8 - time.time())
+    assert all(scheduler.process.poll() is None for scheduler in schedulers)
+    for scheduler in schedulers:
+        scheduler.stop()
+    # Then each of the four slots was enqueued exactly once, by one scheduler or the other
+    times = enqueued(*schedulers)
+    in_window = [moment for moment in times if first <= moment < last]
+    assert sorted(int(moment // SWEEP_S) for moment in in_window) == list(range(first // SWEEP_S, last // SWEEP_S))
+    # And RabbitMQ holds exactly one message per enqueue they logged, every one the sweep
+    messages = take_messages("booking-expiry")
+    assert len(messages) == len(times)
+    assert {(message["actor_name"], tuple(message["args"])) for message in messages} == {("expire_unpaid_bookings", ())}
+
+
+def test_many_schedule_runs_at_the_same_instant_enqueue_the_sweep_once(tours):
+    # Given the real schedule (every hour, so that this slot does not end during the test) and ten callers
+    settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL, expiry_sweep_seconds=3600)
+    broker = make_broker(settings)
+    barrier = threading.Barrier(10)
+    results: list[list[str]] = []
+
+    def run():
+        barrier.wait()
+        results.append(schedule.run_due(tours.engine, broker, schedule.tasks(settings)))
+
+    try:
+        # When they all run what is due at the same instant (a scheduler, a CronJob, an operator...)
+        threads = [threading.Thread(target=run) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        broker.close()
+    # Then exactly one enqueued the sweep, and one message is on its queue
+    assert sorted(results) == [[]] * 9 + [["expire-unpaid-bookings"]]
+    wait_until(lambda: queue_depth("booking-expiry") == 1, timeout=5, what="the sweep message")
+    assert len(take_messages("booking-expiry")) == 1
+
+
+def test_the_scheduler_and_the_worker_with_bad_settings_stop_with_one_line(tours):
+    # A bad period stops the scheduler with exit code 2 and one line naming the variable
+    result = subprocess.run([str(BIN / "booking-expiry-scheduler")], env=base_env(EXPIRY_SWEEP_SECONDS="0"), cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "EXPIRY_SWEEP_SECONDS" in line and "Traceback" not in result.stderr
+
+    # An unreachable broker stops the worker with exit code 3 and one line naming it
+    result = subprocess.run([str(BIN / "booking-expiry")], env=base_env(BROKER_URL="amqp://guest:guest@127.0.0.1:1/"),
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("booking-expiry: cannot reach the broker at amqp://127.0.0.1:1/"), line
