@@ -70,23 +70,31 @@ def status(engine: Engine, scheduled: list[ScheduledTask]) -> list[TaskStatus]:
     result = []
     for task in scheduled:
         previous = last.get(task.name)
-        due = now if previous is None or _slot_end(previous, task.every_seconds) <= now else _slot_end(
-            previous, task.every_seconds
-        )
+        early = timedelta(seconds=_early(task))
+        due = now if previous is None else max(_slot_end(previous + early, task.every_seconds) - early, now)
         result.append(TaskStatus(task=task, last_enqueued_at=previous, next_due_at=due, now=now))
     return result
 
+
+#: A slot may be claimed this share of its period early (at most MAX_EARLY_S): a cron job whose clock runs a
+#: little ahead of the database's must not find the last slot still current and skip a whole period.
+EARLY_SHARE, MAX_EARLY_S = 0.1, 5.0
 
 CLAIM = text(
     """
     UPDATE scheduled_task_runs SET last_enqueued_at = now()
     WHERE name = :name AND (
         last_enqueued_at IS NULL
-        OR floor(extract(epoch FROM last_enqueued_at) / :every) < floor(extract(epoch FROM now()) / :every)
+        OR floor(extract(epoch FROM last_enqueued_at + make_interval(secs => :early)) / :every)
+           < floor(extract(epoch FROM now() + make_interval(secs => :early)) / :every)
     )
     RETURNING name
     """
 )
+
+
+def _early(task: ScheduledTask) -> float:
+    return min(task.every_seconds * EARLY_SHARE, MAX_EARLY_S)
 
 
 def run_due(engine: Engine, broker: dramatiq.Broker, scheduled: list[ScheduledTask]) -> list[str]:
@@ -95,7 +103,8 @@ def run_due(engine: Engine, broker: dramatiq.Broker, scheduled: list[ScheduledTa
     for task in scheduled:
         with engine.begin() as connection:
             connection.execute(insert(ScheduledTaskRun).values(name=task.name).on_conflict_do_nothing())
-            if connection.execute(CLAIM, {"name": task.name, "every": task.every_seconds}).first() is None:
+            claim = {"name": task.name, "every": task.every_seconds, "early": _early(task)}
+            if connection.execute(CLAIM, claim).first() is None:
                 continue
             message = task.contract.send(broker)  # confirmed before the claim commits
         logger.info("scheduled task %s enqueued", task.name,
