@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, text
 
-from .support import BIN, ROOT, base_env, purge_queues
+from .support import BIN, ROOT, base_env, purge_queues, take_messages
 from .sync_api.helpers import expected_failures
 
 ANTRIAN = str(BIN / "antrian")
@@ -198,3 +199,102 @@ def test_migrate_with_a_database_url_that_is_not_postgresql_names_the_variable()
     assert len(lines) == 1, result.stderr
     assert "DATABASE_URL" in lines[0] and "postgresql://" in lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+#: The sweep's period in the schedule tests: an hour, so that a run and the next fall in one slot.
+HOURLY = {"EXPIRY_SWEEP_SECONDS": "3600"}
+
+
+def not_near_the_end_of_an_hour() -> None:
+    """Wait out the last half minute of an hour, so that the calls of a test all fall in one slot (a slot may be
+    claimed a few seconds before its hour begins)."""
+    left = 3600 - time.time() % 3600
+    if left < 30:
+        time.sleep(left + 0.5)
+
+
+def sweep_messages() -> list[dict]:
+    return take_messages("booking-expiry")
+
+
+def test_schedule_list_shows_the_sweep_due_now_then_when_it_is_next_due_after_a_run(clean):
+    not_near_the_end_of_an_hour()
+    # Given a fresh database, where the sweep has never been enqueued
+    # When the user lists the schedule
+    fresh = antrian("schedule", "list", **HOURLY)
+
+    # Then the sweep is there with its period, queue and actor, never enqueued and due now
+    assert fresh.returncode == 0, fresh.stderr
+    first, description = fresh.stdout.splitlines()
+    assert re.fullmatch(
+        r"every 1h\s+expire-unpaid-bookings\s+booking-expiry: expire_unpaid_bookings\(\)"
+        r"\s+last enqueued never\s+next due now", first
+    ), first
+    assert "EXPIRY_SWEEP_SECONDS" in description
+
+    # When it has been enqueued, and the user lists the schedule again
+    assert antrian("schedule", "run", **HOURLY).stdout == "enqueued expire-unpaid-bookings\n"
+    after = antrian("schedule", "list", **HOURLY)
+
+    # Then it was last enqueued just now and is next due when the next hour begins (or a few seconds before:
+    # a slot may be claimed a little early)
+    assert after.returncode == 0, after.stderr
+    line = after.stdout.splitlines()[0]
+    shown = re.search(r"last enqueued (\S+)\s+next due in ((\d+)m)?((\d+)s)? \((\S+)\)$", line)
+    assert shown, line
+    last, due = datetime.fromisoformat(shown[1]), datetime.fromisoformat(shown[6])
+    wait = timedelta(minutes=int(shown[3] or 0), seconds=int(shown[5] or 0))
+    now = datetime.now(UTC)
+    assert abs((now - last).total_seconds()) < 30
+    next_hour = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    assert next_hour - timedelta(seconds=10) <= due <= next_hour, due
+    assert abs((now + wait - due).total_seconds()) < 30 and wait > timedelta(0)
+    sweep_messages()
+
+
+def test_schedule_run_enqueues_the_sweep_once_and_then_nothing_is_due(clean):
+    not_near_the_end_of_an_hour()
+    # When the user runs what is due, twice
+    first = antrian("schedule", "run", **HOURLY)
+    second = antrian("schedule", "run", **HOURLY)
+
+    # Then the first enqueues the sweep and says so once, the second finds nothing due
+    assert (first.returncode, first.stdout, first.stderr) == (0, "enqueued expire-unpaid-bookings\n", "")
+    assert (second.returncode, second.stdout, second.stderr) == (0, "nothing is due\n", "")
+
+    # And exactly one sweep message is on queue booking-expiry
+    [message] = sweep_messages()
+    assert (message["queue_name"], message["actor_name"], message["args"]) == (
+        "booking-expiry", "expire_unpaid_bookings", []
+    )
+
+
+def test_schedule_with_bad_settings_says_so_in_one_line_and_enqueues_nothing(clean):
+    def one_line(result, code: int) -> str:
+        assert result.returncode == code, (result.returncode, result.stderr)
+        assert result.stdout == "" and "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        return line
+
+    # A period that is not a number: exit 2 (configuration), naming the variable
+    line = one_line(antrian("schedule", "run", EXPIRY_SWEEP_SECONDS="five minutes"), 2)
+    assert line.startswith("antrian schedule: EXPIRY_SWEEP_SECONDS=") and "not valid" in line
+    assert one_line(antrian("schedule", "list", EXPIRY_SWEEP_SECONDS="0"), 2).startswith(
+        "antrian schedule: EXPIRY_SWEEP_SECONDS="
+    )
+
+    # RabbitMQ unreachable: `schedule run` exits 3 (unavailable), naming the broker, and claims no slot
+    line = one_line(antrian("schedule", "run", BROKER_URL="amqp://guest:guest@127.0.0.1:1/"), 3)
+    assert line.startswith("antrian schedule: cannot reach the broker at amqp://127.0.0.1:1/"), line
+    # ... while `schedule list`, which needs only the database, still answers
+    listed = antrian("schedule", "list", BROKER_URL="amqp://guest:guest@127.0.0.1:1/")
+    assert listed.returncode == 0 and "next due now" in listed.stdout, listed.stderr
+
+    # The database unreachable: exit 3, naming it
+    line = one_line(antrian("schedule", "list", DATABASE_URL="postgresql://postgres@127.0.0.1:1/x"), 3)
+    assert line.startswith("antrian schedule: cannot reach the database at ") and "127.0.0.1:1/x" in line
+
+    # And nothing was enqueued or claimed by any of these
+    assert sweep_messages() == []
+    with clean.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM scheduled_task_runs")).scalar_one() == 0
