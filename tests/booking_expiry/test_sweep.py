@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import Counter
@@ -135,10 +134,11 @@ def test_the_sweep_expires_in_batches_of_its_size_and_only_what_is_due(tours):
 #: Trials of a settlement racing the sweep for a booking that has just passed its deadline.
 RACE_TRIALS = 1_000
 #: The sweep makes two more round trips (its advisory lock, a commit) than the settlement before it reaches
-#: the booking, so started at the same instant the settlement wins about 4 times in 5. The settlement
-#: waits 0 to 0.5 ms after the barrier, a fraction of either transaction's length, which evens the race
-#: (about half each way) while keeping both in flight together.
-SETTLEMENT_HANDICAP_S = 0.0005
+#: the booking, so started at the same instant the settlement wins about 4 times in 5. To even the race on
+#: any machine, the settlement waits a handicap after the barrier that follows a staircase: a step longer
+#: after each trial it won, a step shorter after each it lost. The handicap settles where each side wins
+#: about half the time, a fraction of a millisecond, well inside either transaction: both stay in flight together.
+HANDICAP_START_S, HANDICAP_STEP_S = 0.000_25, 0.000_025
 
 
 def test_a_settlement_and_the_sweep_racing_on_a_just_expired_booking_end_paid_and_seats_add_up(tours):
@@ -150,6 +150,7 @@ def test_a_settlement_and_the_sweep_racing_on_a_just_expired_booking_end_paid_an
     # An engine of its own, without a pre-ping, so neither side pays an extra round trip the other does not
     engine = create_engine(DATABASE_URL, pool_size=4, max_overflow=0)
     orders = Counter()
+    handicap = HANDICAP_START_S
     try:
         for booking in bookings:
             # When the booking's deadline has just passed, and its settlement and a sweep start at the same instant
@@ -158,9 +159,8 @@ def test_a_settlement_and_the_sweep_racing_on_a_just_expired_booking_end_paid_an
                                    {"id": booking.id})
             barrier = threading.Barrier(2)
             outcome: dict[str, object] = {}
-            settle_delay = random.uniform(0, SETTLEMENT_HANDICAP_S)
 
-            def settle(booking=booking, barrier=barrier, outcome=outcome, delay=settle_delay):
+            def settle(booking=booking, barrier=barrier, outcome=outcome, delay=handicap):
                 try:
                     barrier.wait()
                     time.sleep(delay)
@@ -193,6 +193,7 @@ def test_a_settlement_and_the_sweep_racing_on_a_just_expired_booking_end_paid_an
                 assert payment.outcome == "paid_after_expiry", payment
                 assert swept.expired == 1
             orders[payment.outcome] += 1
+            handicap = max(0.0, handicap + (HANDICAP_STEP_S if payment.outcome == "paid" else -HANDICAP_STEP_S))
             with engine.connect() as connection:
                 status = connection.execute(text("SELECT status FROM bookings WHERE id = :id"),
                                             {"id": booking.id}).scalar_one()
@@ -202,7 +203,8 @@ def test_a_settlement_and_the_sweep_racing_on_a_just_expired_booking_end_paid_an
     finally:
         engine.dispose()
     print(f"\nsettlement and sweep racing, {RACE_TRIALS} trials: settlement first (paid) {orders['paid']}, "
-          f"sweep first (paid_after_expiry) {orders['paid_after_expiry']}")
+          f"sweep first (paid_after_expiry) {orders['paid_after_expiry']}; settlement's handicap at the end "
+          f"{handicap * 1e6:.0f} µs")
     assert orders["paid"] >= 1 and orders["paid_after_expiry"] >= 1, orders
     assert bookings_by_status(tours.engine) == {"paid": RACE_TRIALS}
 
