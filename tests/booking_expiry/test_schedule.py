@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from datetime import datetime
 
+import pytest
 import requests
 from sqlalchemy import text
 
@@ -141,3 +142,27 @@ def test_the_scheduler_and_the_worker_with_bad_settings_stop_with_one_line(tours
     assert result.returncode == 3, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("booking-expiry: cannot reach the broker at amqp://127.0.0.1:1/"), line
+
+
+class UnreachableBroker:
+    """A broker whose every enqueue fails, as RabbitMQ going away between the claim and the publish would."""
+
+    def enqueue(self, message, *, delay=None):
+        raise ConnectionError("RabbitMQ is away")
+
+
+def test_an_enqueue_that_fails_gives_its_slot_back_for_the_next_tick(tours):
+    settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL, expiry_sweep_seconds=3600)
+    scheduled = schedule.tasks(settings)
+    # When the publish fails after the slot was claimed, the claim is rolled back with it
+    with pytest.raises(ConnectionError):
+        schedule.run_due(tours.engine, UnreachableBroker(), scheduled)
+    [status] = schedule.status(tours.engine, scheduled)
+    assert status.last_enqueued_at is None and status.next_due_at == status.now
+    # So the next tick, RabbitMQ back, enqueues the sweep of this very slot
+    broker = make_broker(settings)
+    try:
+        assert schedule.run_due(tours.engine, broker, scheduled) == ["expire-unpaid-bookings"]
+    finally:
+        broker.close()
+    wait_until(lambda: queue_depth("booking-expiry") == 1, timeout=5, what="the sweep message")
