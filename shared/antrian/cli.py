@@ -110,7 +110,9 @@ def schedule() -> None:
 def _scheduled(*, broker: bool):
     from . import schedule as scheduling
 
-    settings = settings_or_exit("antrian schedule", broker=broker)
+    # ``booking-expiry-scheduler`` runs ``schedule work`` under its own name: errors say which program failed.
+    root = click.get_current_context().find_root().info_name
+    settings = settings_or_exit("antrian schedule" if root == "antrian" else root, broker=broker)
     return settings, db.make_engine(settings.database_url), scheduling
 
 

@@ -61,11 +61,13 @@ def expire_due_bookings(connection: Connection, limit: int) -> list[EndedBooking
     """Expire up to ``limit`` pending bookings whose deadline has passed, oldest first, seats back per tour.
 
     Bookings locked by someone else right now (a payment being applied, another sweep's batch)
-    are skipped, not waited for: they are either paid by then or found by the next batch.
+    are skipped, not waited for: they are either paid by then or found by the next sweep.
+    NO KEY UPDATE, like the payments: a mailer sending the booking's email holds KEY SHARE on it
+    (its delivery row's foreign key), which must not hide the booking from the sweep.
     """
     chosen = (
         "SELECT id FROM bookings WHERE status = 'pending' AND expires_at <= now() "
-        "ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+        "ORDER BY expires_at LIMIT :limit FOR NO KEY UPDATE SKIP LOCKED"
     )
     return _end(connection, chosen, "expired", limit=limit)
 

@@ -145,12 +145,6 @@ class HeldTransport:
         assert self.release.wait(30)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: antrian/seats.py expire_due_bookings picks due bookings FOR UPDATE SKIP LOCKED, which conflicts "
-    "with the KEY SHARE lock the mailer's email_deliveries insert holds on the booking for as long as SMTP takes, "
-    "so a due booking whose invoice is being sent is skipped by the sweep (payments use FOR NO KEY UPDATE for "
-    "this reason; the sweep should pick FOR NO KEY UPDATE SKIP LOCKED)"
-))
 def test_a_due_booking_whose_invoice_is_being_sent_at_that_moment_still_expires(tours):
     # Given a booking past its deadline, whose invoice the real mailer code is sending to a slow SMTP server
     # right now (a mail backlog, retries): the delivery row's foreign key holds KEY SHARE on the booking
