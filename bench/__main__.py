@@ -291,6 +291,10 @@ def _expiry_rows(g: dict, add) -> None:
         add("g", f"  batch {int(size):,}: median (min-max), batches, per batch; a tour update waited at most",
             f"{result['median_s']} s ({result['min_s']}-{result['max_s']}), {result['batches']},"
             f" {result['ms_per_batch']} ms; {probe.get('max_ms')} ms", "(info)")
+    cpu = [run["machine"] for result in g["batch_sizes"].values() for run in result["runs"]]
+    add("g", "  machine during the timed sweeps: CPU busy; CPU s of others (outside the bench and postgres)",
+        f"{min(c['machine_cpu_busy_percent'] for c in cpu)}-{max(c['machine_cpu_busy_percent'] for c in cpu)}%;"
+        f" {round(sum(c['cpu_seconds'].get('other', 0) for c in cpu), 1)} s in {len(cpu)} sweeps", "(info)")
     quiet = g["sweep_without_log_lines"]
     add("g", f"  batch {g['default_batch_size']:,} without its {g['bookings']:,} JSON log lines",
         f"{quiet['seconds']} s", "(info)")
@@ -348,7 +352,7 @@ def print_table(results: dict) -> None:
     if "g" in parts:
         print("(g) sweep() is called in-process (its actor only wraps it in Dramatiq), on the worker's engine, writing")
         print("    its JSON log lines to a file; the data is regenerated before every run. A tour update's wait is")
-        print("    timed in the bench process while a sweep runs (a booking's wait for the tours' row locks).")
+        print("    timed by a probe process while a sweep runs: a booking's wait for the tours' row locks.")
     if "error" in results:
         print(f"ABORTED: {results['error']}")
     print(f"figures: {common.RESULTS_DIR / 'latest.json'}   logs: {results['logs']}")

@@ -17,8 +17,8 @@
      ones it reached), every tour's quota back to its start, no other booking touched; the sweep's
      and a complete loop's end states compared row by row (a digest of every booking's status and
      every tour's quota);
-   - per batch size once more, with a probe updating one tour row at a time every 10 ms (as a booking
-     does): the longest it waited is what a booking waits while a batch holds the tours' row locks.
+   - per batch size once more, with a probe process updating one tour row at a time every 10 ms (as a
+     booking does): the longest it waited is what a booking waits while a batch holds the tours' row locks.
 
    The Laravel code::
 
@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -231,16 +232,18 @@ def _timed_sweep(worker_engine: Engine, engine: Engine, batch_size: int, *, defa
     from booking_expiry.sweep import sweep
 
     path = common.log_path(f"booking-expiry-sweep-{batch_size}.log")
-    with _worker_logging(path if log_lines else None), (_TourProbe(engine) if probe else _nothing()) as prober:
-        started = time.perf_counter()
-        result = sweep(worker_engine) if default else sweep(worker_engine, batch_size=batch_size)
-        seconds = time.perf_counter() - started
+    prober = _TourProbe(f"tour-probe-{batch_size}") if probe else _nothing()
+    with _worker_logging(path if log_lines else None), prober:
+        with probes.CpuMeter() as cpu:
+            started = time.perf_counter()
+            result = sweep(worker_engine) if default else sweep(worker_engine, batch_size=batch_size)
+            seconds = time.perf_counter() - started
     if not result.ran:
         raise RuntimeError("the sweep did not run: another sweep holds its advisory lock")
     figures = {"batch_size": batch_size, "seconds": round(seconds, 3), "expired": result.expired,
                "seats": result.seats, "batches": result.batches,
                "ms_per_batch": round(seconds * 1000 / max(result.batches, 1), 1),
-               "end_state": _end_state(engine, mix, expired_due=mix["DUE"])}
+               "end_state": _end_state(engine, mix, expired_due=mix["DUE"]), "machine": cpu.report()}
     if result.expired != mix["DUE"]:
         figures["end_state"]["ok"] = False
     if log_lines:
@@ -305,42 +308,56 @@ def _summary(size: int, results: list[dict]) -> dict:
             "bookings_per_s": round(results[0]["expired"] / median), "runs": results}
 
 
-class _TourProbe(probes.Sampler):
-    """Every ``interval`` s, one autocommit ``UPDATE tours SET quota = quota WHERE id = k`` (k going round every
-    tour), timed: the row lock a booking's ``take_seats`` needs, waited for while a sweep's batch holds it.
-    Timed in the bench process, so a GIL hand-off counts too: an upper bound."""
+class _TourProbe:
+    """``python -m bench.expiry_sweep probe``, a process of its own (so that the bench's GIL is no part of what it
+    measures): every 10 ms one autocommit ``UPDATE tours SET quota = quota WHERE id = k``, k going round every
+    tour, timed. That is the row lock a booking's ``take_seats`` needs: the time it waits while a sweep's batch
+    holds the tours' locks. Only the updates sent while the sweep ran are reported."""
 
-    name = "tour-probe"
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-    def __init__(self, engine: Engine, *, interval: float = 0.01) -> None:
-        super().__init__(interval=interval)
-        self.engine = engine
-        self.latencies_ms: list[float] = []
-        self._connection = None
-        self._tours: list[int] = []
-
-    def __enter__(self):
-        self._connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        self._tours = list(self._connection.execute(text("SELECT id FROM tours ORDER BY id")).scalars())
-        return super().__enter__()
+    def __enter__(self) -> _TourProbe:
+        self.service = common.Service(self.name, [sys.executable, "-m", "bench.expiry_sweep", "probe"],
+                                      common.base_env()).start()
+        common.wait_until(lambda: self.service.log().count("\n") >= 5, timeout=30, interval=0.05,
+                          what=f"the tour probe's first updates\n{self.service.log()[-2000:]}")
+        self.started = time.time()
+        return self
 
     def __exit__(self, *exc_info) -> None:
-        super().__exit__(*exc_info)
-        self._connection.close()
-
-    def sample(self) -> None:
-        tour = self._tours[len(self.latencies_ms) % len(self._tours)]
-        started = time.perf_counter()
-        self._connection.execute(text("UPDATE tours SET quota = quota WHERE id = :id"), {"id": tour})
-        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        self.ended = time.time()
+        time.sleep(0.05)  # the update sent last while the sweep ran has its answer by now, or is still waiting
+        self.service.stop()
 
     def report(self) -> dict:
-        latencies = sorted(self.latencies_ms)
+        latencies = []
+        for line in self.service.log().splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[0][:1].isdigit() and self.started <= float(fields[0]) <= self.ended:
+                latencies.append(float(fields[1]))
+        latencies.sort()
         if not latencies:
-            return {"updates": 0}
+            return {"updates": 0, "max_ms": None}
         return {"updates": len(latencies), "p50_ms": round(latencies[len(latencies) // 2], 1),
                 "p99_ms": round(latencies[max(math.ceil(0.99 * len(latencies)) - 1, 0)], 1),
                 "max_ms": round(latencies[-1], 1)}
+
+
+def _probe_main() -> None:
+    """The tour probe's process: one line "<unix time sent> <ms>" per update, until SIGTERM."""
+    import psycopg
+
+    with psycopg.connect(common.DATABASE_URL.replace("postgresql+psycopg", "postgresql"), autocommit=True) as db:
+        tours = [row[0] for row in db.execute("SELECT id FROM tours ORDER BY id")]
+        n = 0
+        while True:
+            sent = time.time()
+            started = time.perf_counter()
+            db.execute("UPDATE tours SET quota = quota WHERE id = %s", (tours[n % len(tours)],))
+            print(f"{sent:.4f} {(time.perf_counter() - started) * 1000:.3f}", flush=True)
+            n += 1
+            time.sleep(max(0.01 - (time.time() - sent), 0))
 
 
 # --------------------------------------------------------------------------- the old system's loop
@@ -499,3 +516,7 @@ def _plan(engine: Engine, worker_engine: Engine, *, tours: int, total: int, due:
             "total_ms": round(planning + execution, 3),
             "repeated_total_ms": [round(sum(_times_ms(lines)), 3) for lines in explains[1:]], "plan": first,
             "batch_sizes": by_size, "data_unchanged_after_explain": still["ok"], "sweep": sweep}
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["probe"]:
+    _probe_main()
