@@ -291,6 +291,9 @@ def _expiry_rows(g: dict, add) -> None:
         add("g", f"  batch {int(size):,}: median (min-max), batches, per batch; a tour update waited at most",
             f"{result['median_s']} s ({result['min_s']}-{result['max_s']}), {result['batches']},"
             f" {result['ms_per_batch']} ms; {probe.get('max_ms')} ms", "(info)")
+    for size, result in g["batch_sizes"].items():
+        add("g", f"  batch {int(size):,}, first batch's plan on this table: the UPDATE reaches its rows by",
+            f"{result['plan']['update_join']}: {result['plan']['total_ms']} ms", "(info)")
     cpu = [run["machine"] for result in g["batch_sizes"].values() for run in result["runs"]]
     add("g", "  machine during the timed sweeps: CPU busy; CPU s of others (outside the bench and postgres)",
         f"{min(c['machine_cpu_busy_percent'] for c in cpu)}-{max(c['machine_cpu_busy_percent'] for c in cpu)}%;"

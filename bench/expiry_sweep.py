@@ -17,6 +17,8 @@
      ones it reached), every tour's quota back to its start, no other booking touched; the sweep's
      and a complete loop's end states compared row by row (a digest of every booking's status and
      every tour's quota);
+   - per batch size, EXPLAIN (ANALYZE, BUFFERS) of its first batch (rolled back): how the UPDATE reaches the
+     chosen bookings on this table;
    - per batch size once more, with a probe process updating one tour row at a time every 10 ms (as a
      booking does): the longest it waited is what a booking waits while a batch holds the tours' row locks.
 
@@ -99,6 +101,13 @@ def run(engine: Engine, *, bookings: int, tours: int, repeats: int, loop_subset:
             by_size[size]["probe_run_end_state_ok"] = probed["end_state"]["ok"]
             common.log(f"(g) sweep batch {size} with a tour-update probe: a booking waited at most"
                        f" {probed['probe']['max_ms']} ms")
+
+        _generate(engine, tours, mix)
+        statement, parameters = _sweep_statement(engine, BATCH_SIZE)
+        for size in BATCH_SIZES:
+            lines = _explain(engine, statement, {**parameters, "limit": size})
+            by_size[size]["plan"] = {"scan": _scan_of_chosen(lines), "update_join": _join_of_ended(lines),
+                                     "total_ms": round(sum(_times_ms(lines)), 3), "lines": lines}
 
         _generate(engine, tours, mix)
         loop = _laravel_loop(engine, mix=mix, subset=loop_subset, budget_s=loop_budget_s)
