@@ -16,7 +16,10 @@ DRAMATIQ_DEFAULT_THREADS = 8
 SHUTDOWN_TIMEOUT_MS = 25_000
 
 
-def exec_worker(service: str, module: str, argv: list[str], *, require: tuple[str, ...] = ()) -> None:
+def exec_worker(
+    service: str, module: str, argv: list[str], *, require: tuple[str, ...] = (),
+    shutdown_timeout_ms: int = SHUTDOWN_TIMEOUT_MS,
+) -> None:
     """Replace this process with ``dramatiq module argv...`` so that signals reach Dramatiq directly.
 
     Parameters:
@@ -24,13 +27,14 @@ def exec_worker(service: str, module: str, argv: list[str], *, require: tuple[st
       module(str): the module that declares the broker and the actors.
       argv(list[str]): more arguments for dramatiq (``--processes``, ``--threads``, ...).
       require(tuple[str, ...]): settings this worker cannot run without.
+      shutdown_timeout_ms(int): how long a stopping worker waits for the messages it is running.
     """
     settings = settings_or_exit(service, require=require)
     prepare_multiprocess_dir(service, settings.metrics_port_for(service))
     if settings.db_pool_size is None:
         # One connection per worker thread: a smaller pool closes and reopens connections all the time.
         os.environ["DB_POOL_SIZE"] = str(_threads(argv))
-    args = [sys.executable, "-m", "dramatiq", module, "--worker-shutdown-timeout", str(SHUTDOWN_TIMEOUT_MS), *argv]
+    args = [sys.executable, "-m", "dramatiq", module, "--worker-shutdown-timeout", str(shutdown_timeout_ms), *argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, args)

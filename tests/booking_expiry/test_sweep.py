@@ -17,7 +17,7 @@ from mailer.render import INVOICE, Sender
 from sync_api import payments
 
 from ..support import DATABASE_URL, wait_until
-from .helpers import add_bookings, bookings_by_status, sweep_backend_waiting, tour_row_locked
+from .helpers import add_bookings, advisory_locks, bookings_by_status, sweep_backend_waiting, tour_row_locked
 
 
 def skipped_total() -> float:
@@ -248,3 +248,42 @@ def test_a_settlement_and_the_sweep_racing_on_a_just_expired_booking_end_paid_an
     assert orders["paid"] >= 1 and orders["paid_after_expiry"] >= 1, orders
     assert bookings_by_status(tours.engine) == {"paid": RACE_TRIALS}
 
+
+
+def test_a_batch_stuck_on_a_locked_tour_gives_up_and_leaves_its_bookings_for_the_next_sweep(
+    tours, logs, monkeypatch
+):
+    # Given due bookings on two tours, one of which someone holds in an open transaction for long
+    engine = tours.engine
+    tour_ids = tours.add(2, quota=1_000)
+    add_bookings(engine, tour_ids, 200)
+    monkeypatch.setattr(sweep, "LOCK_TIMEOUT", "300ms")
+    with tour_row_locked(engine, tour_ids[1]):
+        # When a sweep runs, its batch gives up on the lock instead of holding every booking it picked
+        result = sweep.sweep(engine)
+        assert (result.ran, result.interrupted, result.expired) == (True, True, 0)
+        assert bookings_by_status(engine) == {"pending": 200}
+        assert [r for r in logs.records if getattr(r, "event", None) == "batch_timed_out"]
+        # and the sweep's advisory lock is free again
+        assert advisory_locks(engine) == 0
+    # Then the next sweep, the tour free, does the work
+    assert sweep.sweep(engine).expired == 200
+    assert bookings_by_status(engine) == {"expired": 200}
+
+
+def test_a_sweep_that_fails_mid_run_does_not_leave_its_lock_behind(tours, monkeypatch):
+    # Given a sweep whose batch raises (the time limit, a bug) after the advisory lock was taken
+    engine = tours.engine
+    [tour] = tours.add(quota=100)
+    add_bookings(engine, [tour], 10)
+
+    def fail(connection, limit):
+        raise RuntimeError("interrupted in the middle of a batch")
+
+    monkeypatch.setattr(sweep, "expire_due_bookings", fail)
+    with pytest.raises(RuntimeError):
+        sweep.sweep(engine)
+    # Then no session holds the sweep's lock, pooled or not, and the next sweep runs
+    assert advisory_locks(engine) == 0
+    monkeypatch.undo()
+    assert sweep.sweep(engine).expired == 10

@@ -10,8 +10,7 @@ from antrian.db import make_engine
 from antrian.messages import BOOKING_EXPIRY_QUEUE, EXPIRE_UNPAID_BOOKINGS
 
 from . import sweep
-
-SWEEP_TIME_LIMIT_MS = 300_000
+from .limits import SWEEP_TIME_LIMIT_MS
 
 _engine: Engine | None = None
 

@@ -6,10 +6,14 @@ import sys
 
 from antrian.workers import exec_worker
 
+from .limits import SWEEP_TIME_LIMIT_MS
+
 
 def worker() -> None:
     """Run the Dramatiq worker of queue booking-expiry; extra arguments go to dramatiq."""
-    exec_worker("booking-expiry", "booking_expiry.worker", sys.argv[1:])
+    # A stopping worker lets a running sweep finish (its time limit) rather than cut it off: the
+    # deployment's grace period is longer still.
+    exec_worker("booking-expiry", "booking_expiry.worker", sys.argv[1:], shutdown_timeout_ms=SWEEP_TIME_LIMIT_MS)
 
 
 def scheduler() -> None:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
 
 from antrian.seats import expire_due_bookings
 
@@ -31,6 +32,14 @@ SWEEP_LOCK = 0x616E7472_00000001
 BATCH_SIZE = 5_000
 
 
+#: A batch waits at most this long for a row someone else holds (an open transaction on a tour, say),
+#: and runs at most the second figure: a stuck batch rolls back and ends the sweep, instead of holding
+#: thousands of booking locks (and the payments waiting on them) until the lock is freed.
+LOCK_TIMEOUT, STATEMENT_TIMEOUT = "5s", "60s"
+#: PostgreSQL's codes for those two timeouts.
+TIMED_OUT = {"55P03", "57014"}
+
+
 @dataclass(frozen=True)
 class SweepResult:
     ran: bool
@@ -38,46 +47,72 @@ class SweepResult:
     seats: int = 0
     batches: int = 0
     seconds: float = 0.0
+    #: A batch gave up on a lock or ran too long: what it held is for the next sweep.
+    interrupted: bool = False
 
 
 def sweep(engine: Engine, *, batch_size: int = BATCH_SIZE) -> SweepResult:
     """Expire every due booking in batches, unless another sweep is running (then return at once)."""
     started = time.perf_counter()
-    with engine.connect() as connection:
+    connection = engine.connect()
+    try:
         if not connection.execute(select(func.pg_try_advisory_lock(SWEEP_LOCK))).scalar_one():
             connection.rollback()
             SWEEPS_SKIPPED.inc()
             logger.info("expiry sweep skipped: another sweep is running", extra={"event": "sweep_skipped"})
             return SweepResult(ran=False)
         connection.commit()
-        try:
-            expired = seats = batches = 0
-            while True:
-                with connection.begin():
-                    ended = expire_due_bookings(connection, batch_size)
-                if not ended:
-                    break
-                batches += 1
-                expired += len(ended)
-                seats += sum(booking.quantity for booking in ended)
-                BOOKINGS_EXPIRED.inc(len(ended))
-                SEATS_RELEASED.inc(sum(booking.quantity for booking in ended))
-                for booking in ended:
-                    logger.info(
-                        "booking %s expired, %d seats back to tour %d", booking.code, booking.quantity, booking.tour_id,
-                        extra={"event": "booking_expired", "booking_id": booking.id, "code": booking.code,
-                               "tour_id": booking.tour_id, "seats": booking.quantity},
-                    )
-                if len(ended) < batch_size:
-                    break
-        finally:
-            connection.execute(select(func.pg_advisory_unlock(SWEEP_LOCK)))
-            connection.commit()
+        expired, seats, batches, interrupted = _batches(connection, batch_size)
+        connection.execute(select(func.pg_advisory_unlock(SWEEP_LOCK)))
+        connection.commit()
+    except BaseException:
+        # The time limit, a lost database, a bug: whatever the state of the session, it must not go back
+        # to the pool still holding the sweep's lock. Closing it for good releases the lock on the server.
+        connection.invalidate()
+        raise
+    finally:
+        connection.close()
     seconds = time.perf_counter() - started
     SWEEP_SECONDS.observe(seconds)
-    LAST_SUCCESS.set(time.time())
+    if not interrupted:
+        LAST_SUCCESS.set(time.time())
     logger.info(
-        "expiry sweep done: %d bookings expired, %d seats back, in %.3f s", expired, seats, seconds,
-        extra={"event": "sweep_done", "expired": expired, "seats": seats, "batches": batches, "seconds": seconds},
+        "expiry sweep %s: %d bookings expired, %d seats back, in %.3f s",
+        "interrupted" if interrupted else "done", expired, seats, seconds,
+        extra={"event": "sweep_interrupted" if interrupted else "sweep_done", "expired": expired, "seats": seats,
+               "batches": batches, "seconds": seconds},
     )
-    return SweepResult(ran=True, expired=expired, seats=seats, batches=batches, seconds=seconds)
+    return SweepResult(ran=True, expired=expired, seats=seats, batches=batches, seconds=seconds,
+                       interrupted=interrupted)
+
+
+def _batches(connection, batch_size: int) -> tuple[int, int, int, bool]:
+    expired = seats = batches = 0
+    while True:
+        try:
+            with connection.begin():
+                connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                connection.exec_driver_sql(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+                ended = expire_due_bookings(connection, batch_size)
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in TIMED_OUT:
+                raise
+            logger.warning("expiry sweep stopped: a batch timed out (%s); the next sweep takes it up",
+                           str(exc.orig).strip(), extra={"event": "batch_timed_out"})
+            return expired, seats, batches, True
+        if not ended:
+            return expired, seats, batches, False
+        batches += 1
+        expired += len(ended)
+        released = sum(booking.quantity for booking in ended)
+        seats += released
+        BOOKINGS_EXPIRED.inc(len(ended))
+        SEATS_RELEASED.inc(released)
+        for booking in ended:
+            logger.info(
+                "booking %s expired, %d seats back to tour %d", booking.code, booking.quantity, booking.tour_id,
+                extra={"event": "booking_expired", "booking_id": booking.id, "code": booking.code,
+                       "tour_id": booking.tour_id, "seats": booking.quantity},
+            )
+        if len(ended) < batch_size:
+            return expired, seats, batches, False
