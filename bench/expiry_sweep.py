@@ -41,10 +41,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import re
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -126,10 +128,23 @@ def run(engine: Engine, *, bookings: int, tours: int, repeats: int, loop_subset:
         and quiet["end_state"]["ok"] and plan["sweep"]["end_state"]["ok"]
     common.log(f"(g) sweep {default['median_s']}s vs loop {loop['seconds']}s: {ratio}x; end states ok: {ok};"
                f" plan: index scan {plan['index_scan']}, {plan['planning_ms']} + {plan['execution_ms']} ms")
-    return {"bookings": bookings, "tours": tours, "mix": mix, "repeats": repeats, "default_batch_size": BATCH_SIZE,
+    return {"product_code": _product_code(), "bookings": bookings, "tours": tours, "mix": mix, "repeats": repeats,
+            "default_batch_size": BATCH_SIZE,
             "sweep": default, "batch_sizes": {str(size): summary for size, summary in by_size.items()},
             "sweep_without_log_lines": quiet, "loop": loop, "ratio": ratio,
             "end_states_ok": ok, "same_end_state": same, "plan": plan}
+
+
+def _product_code() -> dict:
+    """Which sweep was measured: the commit checked out and a hash of the two files as imported (they may differ
+    from the commit while someone edits them)."""
+    import antrian.seats
+    import booking_expiry.sweep
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=common.ROOT)
+    files = {module.__name__: hashlib.sha1(Path(module.__file__).read_bytes()).hexdigest()[:12]
+             for module in (booking_expiry.sweep, antrian.seats)}
+    return {"head": head.stdout.strip(), "files_sha1": files}
 
 
 # --------------------------------------------------------------------------- data
@@ -249,6 +264,8 @@ def _timed_sweep(worker_engine: Engine, engine: Engine, batch_size: int, *, defa
             seconds = time.perf_counter() - started
     if not result.ran:
         raise RuntimeError("the sweep did not run: another sweep holds its advisory lock")
+    if getattr(result, "interrupted", False):
+        raise RuntimeError(f"the sweep was interrupted (a batch timed out) after {result.expired} bookings")
     figures = {"batch_size": batch_size, "seconds": round(seconds, 3), "expired": result.expired,
                "seats": result.seats, "batches": result.batches,
                "ms_per_batch": round(seconds * 1000 / max(result.batches, 1), 1),
