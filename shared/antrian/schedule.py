@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dramatiq
+import dramatiq.errors
 from sqlalchemy import Engine, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from .config import Settings
+from .errors import DependencyUnavailable
 from .messages import EXPIRE_UNPAID_BOOKINGS, Contract
 from .models import ScheduledTaskRun
 
@@ -97,16 +99,28 @@ def _early(task: ScheduledTask) -> float:
     return min(task.every_seconds * EARLY_SHARE, MAX_EARLY_S)
 
 
+#: How long a claim waits for another scheduler's claim of the same task (which holds it while it enqueues).
+CLAIM_LOCK_TIMEOUT = "10s"
+
+
 def run_due(engine: Engine, broker: dramatiq.Broker, scheduled: list[ScheduledTask]) -> list[str]:
-    """Enqueue each task whose current slot nobody has claimed yet; return the names enqueued."""
+    """Enqueue each task whose current slot nobody has claimed yet; return the names enqueued.
+
+    Raises DependencyUnavailable when RabbitMQ cannot take the message (the claim is rolled back).
+    """
     enqueued = []
     for task in scheduled:
         with engine.begin() as connection:
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'")
             connection.execute(insert(ScheduledTaskRun).values(name=task.name).on_conflict_do_nothing())
             claim = {"name": task.name, "every": task.every_seconds, "early": _early(task)}
             if connection.execute(CLAIM, claim).first() is None:
                 continue
-            message = task.contract.send(broker)  # confirmed before the claim commits
+            try:
+                # Confirmed by RabbitMQ before the claim commits.
+                message = task.contract.send(broker)
+            except dramatiq.errors.BrokerError as exc:
+                raise DependencyUnavailable(f"cannot enqueue {task.name}: RabbitMQ did not take it ({exc})") from exc
         logger.info("scheduled task %s enqueued", task.name,
                     extra={"event": "task_enqueued", "task": task.name, "message_id": message.message_id})
         enqueued.append(task.name)

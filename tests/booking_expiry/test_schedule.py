@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from datetime import datetime
 
+import dramatiq.errors
 import pytest
 import requests
 from sqlalchemy import text
@@ -16,6 +17,7 @@ from sqlalchemy import text
 from antrian import schedule
 from antrian.broker import make_broker
 from antrian.config import load_settings
+from antrian.errors import DependencyUnavailable
 
 from ..bookings import book, create_tour, quota
 from ..support import BIN, BROKER_URL, DATABASE_URL, ROOT, base_env, queue_depth, take_messages, wait_until
@@ -148,14 +150,15 @@ class UnreachableBroker:
     """A broker whose every enqueue fails, as RabbitMQ going away between the claim and the publish would."""
 
     def enqueue(self, message, *, delay=None):
-        raise ConnectionError("RabbitMQ is away")
+        raise dramatiq.errors.ConnectionClosed(ConnectionError("RabbitMQ is away"))
 
 
 def test_an_enqueue_that_fails_gives_its_slot_back_for_the_next_tick(tours):
     settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL, expiry_sweep_seconds=3600)
     scheduled = schedule.tasks(settings)
     # When the publish fails after the slot was claimed, the claim is rolled back with it
-    with pytest.raises(ConnectionError):
+    # and the caller (antrian schedule run, the scheduler's loop) gets one line naming RabbitMQ
+    with pytest.raises(DependencyUnavailable, match="cannot enqueue expire-unpaid-bookings: RabbitMQ did not take it"):
         schedule.run_due(tours.engine, UnreachableBroker(), scheduled)
     [status] = schedule.status(tours.engine, scheduled)
     assert status.last_enqueued_at is None and status.next_due_at == status.now
