@@ -65,7 +65,7 @@ def engine(infrastructure) -> Iterator[Engine]:
 #: Every table a test may fill.
 TABLES = (
     "students", "sync_runs", "sync_items", "tours", "bookings", "payments", "outbox", "email_deliveries",
-    "scheduled_task_runs",
+    "scheduled_task_runs", "failed_jobs", "failed_job_actions",
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dramatiq
 import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
+from dramatiq.middleware import CurrentMessage, Middleware, Retries, default_middleware
 
 from .config import Settings
 
@@ -16,9 +16,15 @@ HEARTBEAT_S = 30
 def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None = None) -> RabbitmqBroker:
     """Build the broker every antrian process uses and make it Dramatiq's global broker.
 
-    Publisher confirms are on: ``send`` returns only once RabbitMQ has the message.
+    Publisher confirms are on: ``send`` returns only once RabbitMQ has the message. A message that
+    runs out of attempts is kept in ``failed_jobs`` (see :mod:`antrian.keep_failed`).
     """
+    from .keep_failed import KeepFailedJobs
+
     middleware = [factory() for factory in default_middleware]
+    # Before Retries, so that its after-hooks run after Retries has decided to give up.
+    middleware.insert(next(i for i, m in enumerate(middleware) if isinstance(m, Retries)),
+                      KeepFailedJobs(settings.database_url, settings.broker_url))
     middleware.append(CurrentMessage())
     middleware.extend(extra_middleware or [])
     broker = RabbitmqBroker(url=_with_heartbeat(settings.broker_url), confirm_delivery=True, middleware=middleware)

@@ -203,3 +203,41 @@ class ScheduledTaskRun(Base):
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     last_enqueued_at: Mapped[datetime | None]
+
+
+class FailedJob(Base):
+    """A message that ran out of attempts (Laravel's ``failed_jobs``): kept until retried or flushed."""
+
+    __tablename__ = "failed_jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    message_id: Mapped[str] = mapped_column(Text, unique=True)
+    queue_name: Mapped[str] = mapped_column(Text)
+    actor_name: Mapped[str] = mapped_column(Text)
+    args: Mapped[Any] = mapped_column(JSONB)
+    kwargs: Mapped[Any] = mapped_column(JSONB)
+    #: The message's options as it failed, less Dramatiq's bookkeeping of attempts.
+    options: Mapped[Any] = mapped_column(JSONB)
+    attempts: Mapped[int] = mapped_column(Integer)
+    #: ``ExceptionType: message`` of the last attempt.
+    exception: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str] = mapped_column(Text, server_default="")
+    #: ``host:pid`` of the worker process that gave up on it.
+    worker: Mapped[str] = mapped_column(Text, server_default="")
+    enqueued_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class FailedJobAction(Base):
+    """What an operator did to failed jobs (retry, flush), how many, from where: the audit trail metrics count."""
+
+    __tablename__ = "failed_job_actions"
+    __table_args__ = (CheckConstraint("action IN ('retry', 'flush')", name="failed_job_actions_action"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    action: Mapped[str] = mapped_column(Text)
+    queue_name: Mapped[str] = mapped_column(Text)
+    jobs: Mapped[int] = mapped_column(Integer)
+    #: ``api``, ``admin`` or ``cli``.
+    source: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())

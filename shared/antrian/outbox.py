@@ -9,7 +9,6 @@ publishes the row again, so consumers must be idempotent (the mailer is).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 
@@ -80,14 +79,10 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            publisher = self._connected()
-            counts = {}
-            for queue_name, group in itertools.groupby(rows, key=lambda row: row.queue_name):
-                self.broker.declare_queue(queue_name, ensure=True)
-                bodies = [bytes(row.body) for row in group]
-                publisher.publish(queue_name, bodies)
-                counts[queue_name] = counts.get(queue_name, 0) + len(bodies)
-            publisher.wait_for_confirms()
+            counts = self._connected().publish_all(
+                ((row.queue_name, bytes(row.body)) for row in rows),
+                declare=lambda queue_name: self.broker.declare_queue(queue_name, ensure=True),
+            )
             connection.execute(delete(OutboxMessage).where(OutboxMessage.id.in_([row.id for row in rows])))
         if self._on_published is not None:
             for queue_name, count in counts.items():

@@ -6,8 +6,10 @@ the confirms of a whole batch on one channel is about ten times faster and just 
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 import pika
 from pika.spec import Basic
@@ -83,6 +85,22 @@ class ConfirmedPublisher:
         if self._refused:
             refused, self._refused = self._refused, 0
             raise PublishError(f"RabbitMQ refused {refused} messages")
+
+    def publish_all(self, messages: Iterable[tuple[str, bytes]], *, declare: Callable[[str], object]) -> Counter:
+        """Publish ``(queue_name, body)`` pairs, declaring each queue first, and wait for every confirm.
+
+        Returns how many went to each queue. ``declare`` is Dramatiq's ``broker.declare_queue`` (with
+        ``ensure=True``), so that each queue exists with the arguments Dramatiq's workers expect.
+        """
+        published: Counter = Counter()
+        for queue_name, group in itertools.groupby(messages, key=lambda pair: pair[0]):
+            if queue_name not in published:
+                declare(queue_name)
+            bodies = [body for _, body in group]
+            self.publish(queue_name, bodies)
+            published[queue_name] += len(bodies)
+        self.wait_for_confirms()
+        return published
 
     def publish_batch(self, queue_name: str, bodies: Iterable[bytes]) -> None:
         """Publish every body and wait for their confirms."""

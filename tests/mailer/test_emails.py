@@ -33,6 +33,11 @@ def delivery(engine, booking_id: int, kind: str) -> dict | None:
     return None if row is None else dict(row._mapping)
 
 
+def failed_job(engine):
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT args, attempts, exception FROM failed_jobs")).one_or_none()
+
+
 def parts(message) -> dict[str, str]:
     return {part.get_content_type(): part.get_content() for part in message.walk()
             if part.get_content_type() in ("text/plain", "text/html")}
@@ -145,9 +150,12 @@ def test_550_fails_at_once_and_is_kept_as_a_failed_job(web, auth, smtp_server, s
     mailer = start_mailer(smtp_server)
     tour = create_tour(web, auth, quota=10)
     booking = book(web, auth, tour["id"], quantity=1).json()
-    wait_until(lambda: queue_depth("emails.XQ") == 1, timeout=30, what="the refused invoice dead-lettered")
+    wait_until(lambda: failed_job(engine), timeout=30, what="the refused invoice kept as a failed job")
     time.sleep(2)
     assert smtp_server.attempts == 1 and smtp_server.messages == []
+    job = failed_job(engine)
+    assert job.args == [booking["id"]] and job.attempts == 1 and "550 5.1.1 No such user here" in job.exception
+    assert queue_depth("emails.XQ") == 0
     failed = delivery(engine, booking["id"], "invoice")
     assert failed["status"] == "failed" and failed["attempts"] == 1 and "550" in failed["last_error"]
     assert 'antrian_emails_total{kind="invoice",result="failed"} 1.0' in requests.get(mailer.metrics_url).text

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 
-import pika
 import pytest
 from sqlalchemy import text
 
@@ -61,14 +59,10 @@ def school():
     httpd.server_close()
 
 
-def dead_letters() -> list[dict]:
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-    channel = connection.channel()
-    found = []
-    while (delivery := channel.basic_get("sync-pembayaran.XQ", auto_ack=False))[0] is not None:
-        found.append(json.loads(delivery[2]))
-    connection.close()  # unacked: they stay dead-lettered
-    return found
+def failed_jobs(engine) -> list[dict]:
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(
+            text("SELECT args, attempts, exception FROM failed_jobs WHERE queue_name = 'sync-pembayaran'"))]
 
 
 def test_each_failure_gets_the_attempts_spec_gives_it(clean, school, start_worker):
@@ -102,7 +96,10 @@ def test_each_failure_gets_the_attempts_spec_gives_it(clean, school, start_worke
     final = get_run(clean, run["id"])
     assert (final["processed"], final["failed"], final["successCount"]) == (6, 3, 3)
 
-    # And the failed messages are kept, dead-lettered, once each
-    wait_until(lambda: queue_depth("sync-pembayaran.XQ") == 3, timeout=10, what="three dead letters")
-    kept = dead_letters()
-    assert sorted(m["args"][0] for m in kept) == sorted([ALWAYS_503, NOT_FOUND, STATUS_FALSE])
+    # And the failed messages are kept as failed jobs, once each, with their attempts and exception
+    wait_until(lambda: len(failed_jobs(clean)) == 3, timeout=10, what="three failed jobs")
+    kept = {row["args"][0]: row for row in failed_jobs(clean)}
+    assert set(kept) == {ALWAYS_503, NOT_FOUND, STATUS_FALSE}
+    assert kept[ALWAYS_503]["attempts"] == 3 and "HTTP 503" in kept[ALWAYS_503]["exception"]
+    assert kept[NOT_FOUND]["attempts"] == 1 and kept[STATUS_FALSE]["attempts"] == 1
+    assert queue_depth("sync-pembayaran.XQ") == 0
