@@ -16,11 +16,12 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from antrian.config import Settings, load_settings
 from antrian.db import is_disconnect, make_engine
+from antrian.failed_jobs import RETRIED_FROM
 from antrian.messages import FAN_OUT_SYNC_RUN, SYNC_QUEUE, SYNC_STUDENT_PAYMENT
 from antrian.publisher import ConfirmedPublisher
 
 from . import fanout
-from .student_sync import StudentSync, StudentSyncFailed
+from .student_sync import FIRST, RETRIED, StudentSync, StudentSyncFailed
 from .upstream import SchoolApi, TransientUpstreamError
 
 logger = logging.getLogger(__name__)
@@ -82,11 +83,14 @@ def _should_retry(retries: int, exception: BaseException) -> bool:
 def sync_student_payment(idperson: int, run_id: int) -> None:
     """Fetch one student's pembayaran from the school API and store it, counting the outcome once."""
     message = CurrentMessage.get_current_message()
-    retries = message.options.get("retries", 0) if message is not None else 0
-    final_attempt = retries >= MAX_RETRIES
+    options = message.options if message is not None else {}
+    final_attempt = options.get("retries", 0) >= MAX_RETRIES
+    # An operator's retry of the failed job: the student's recorded failure may become a success.
+    retried = options.get(RETRIED_FROM) is not None
+    from_ = RETRIED if retried else FIRST
     student_sync = runtime().student_sync
     try:
-        student_sync.sync(idperson, run_id, final_attempt=final_attempt)
+        student_sync.sync(idperson, run_id, final_attempt=final_attempt, retried=retried)
     except TransientUpstreamError as exc:
         if final_attempt:
             raise
@@ -94,7 +98,8 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
         raise dramatiq.Retry(f"student {idperson}: {exc}", delay=exc.retry_after_ms) from exc
     except TimeLimitExceeded:
         if final_attempt:
-            student_sync.record(idperson, run_id, status="failed", error="time limit exceeded (after 3 attempts)")
+            student_sync.record(idperson, run_id, status="failed", error="time limit exceeded (after 3 attempts)",
+                                from_=from_)
         raise
     except StudentSyncFailed:
         raise
@@ -103,7 +108,7 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
             # The database is away: not the student's failure. The message is retried, and after
             # its last attempt it is kept dead-lettered with the student still pending, to retry.
             raise
-        student_sync.record(idperson, run_id, status="failed", error=f"unexpected error: {exc!r}"[:500])
+        student_sync.record(idperson, run_id, status="failed", error=f"unexpected error: {exc!r}"[:500], from_=from_)
         raise StudentSyncFailed(f"student {idperson}: {exc!r}") from exc
 
 

@@ -27,28 +27,38 @@ _ITEM_STATE = text(
        WHERE i.run_id = :run_id AND i.idperson = :idperson"""
 )
 
-# One statement, so one transaction and one round trip: the item leaves 'pending' (or nothing
-# happens), the student's pembayaran is stored on success, and one shard of the run's counts
-# counts the outcome. Shards keep concurrent outcomes from queueing on a single row lock. It
+# One statement, so one transaction and one round trip: the item leaves one of the states in
+# :from (or nothing happens), the student's pembayaran is stored on success, and one shard of the
+# run's counts takes the change. Shards keep concurrent outcomes from queueing on a single row
+# lock. A first outcome (from 'pending') counts as processed; a retried failed job that now
+# succeeds (from 'failed') turns one failure into a success; failing again changes no count. It
 # answers whether this outcome completed its shard: only then can the run be complete.
 _RECORD_OUTCOME = text(
-    """WITH item AS (
+    """WITH prior AS (
+           SELECT status FROM sync_items
+           WHERE run_id = :run_id AND idperson = :idperson AND status = ANY(CAST(:from AS text[]))
+           FOR UPDATE
+       ), item AS (
            UPDATE sync_items SET status = :status, error = :error, finished_at = now()
-           WHERE run_id = :run_id AND idperson = :idperson AND status = 'pending'
+           WHERE run_id = :run_id AND idperson = :idperson AND EXISTS (SELECT 1 FROM prior)
            RETURNING idperson
        ), student AS (
            UPDATE students SET pembayaran = CAST(:data AS jsonb), pembayaran_synced_at = now()
            WHERE :status = 'success' AND idperson = (SELECT idperson FROM item)
        ), counts AS (
            UPDATE sync_run_counts SET
-               processed = processed + 1,
+               processed = processed + CASE WHEN prior.status = 'pending' THEN 1 ELSE 0 END,
                failed = failed + CASE WHEN :status = 'failed' THEN 1 ELSE 0 END
+                               - CASE WHEN prior.status = 'failed' THEN 1 ELSE 0 END
+           FROM prior
            WHERE run_id = :run_id AND shard = :shard AND EXISTS (SELECT 1 FROM item)
-           RETURNING processed >= total AS complete
+           RETURNING prior.status = 'pending' AND processed >= total AS complete
        )
        SELECT (SELECT count(*) FROM item) AS counted,
               coalesce((SELECT complete FROM counts), false) AS shard_complete"""
 )
+#: The states an outcome may leave: a first delivery's, and a retried failed job's too.
+FIRST, RETRIED = ["pending"], ["pending", "failed"]
 
 
 class StudentSyncFailed(Exception):
@@ -67,8 +77,11 @@ class StudentSync:
         self.engine = engine
         self.school_api = school_api
 
-    def sync(self, idperson: int, run_id: int, *, final_attempt: bool) -> None:
+    def sync(self, idperson: int, run_id: int, *, final_attempt: bool, retried: bool = False) -> None:
         """Fetch and store one student's pembayaran for ``run_id``.
+
+        ``retried`` is an operator's retry of the failed job: a student who failed is tried again,
+        and a success then replaces the failure in the run's counts.
 
         Raises TransientUpstreamError to be retried (after recording the failure when this was
         the final attempt) and StudentSyncFailed once a permanent failure is recorded.
@@ -77,25 +90,26 @@ class StudentSync:
         if state is None:
             logger.warning("no sync item for student %s in run %s; message ignored", idperson, run_id)
             return
-        if state.status != "pending":
+        open_states = RETRIED if retried else FIRST
+        if state.status not in open_states:
             logger.info("student %s already %s in run %s; duplicate message ignored", idperson, state.status, run_id)
             # The first delivery may have died between recording the last outcome and finishing the run.
             retry_on_disconnect(lambda: self._finish_if_complete(run_id))
             return
         if not state.student_exists:
-            self._fail(idperson, run_id, "student no longer exists")
+            self._fail(idperson, run_id, "student no longer exists", open_states)
         try:
             data = self.school_api.fetch_pembayaran(idperson)
         except PermanentUpstreamError as exc:
-            self._fail(idperson, run_id, str(exc))
+            self._fail(idperson, run_id, str(exc), open_states)
         except TransientUpstreamError as exc:
             if final_attempt:
-                self.record(idperson, run_id, status="failed", error=f"{exc} (after 3 attempts)")
+                self.record(idperson, run_id, status="failed", error=f"{exc} (after 3 attempts)", from_=open_states)
             raise
-        self.record(idperson, run_id, status="success", data=data)
+        self.record(idperson, run_id, status="success", data=data, from_=open_states)
 
-    def _fail(self, idperson: int, run_id: int, reason: str) -> None:
-        self.record(idperson, run_id, status="failed", error=reason)
+    def _fail(self, idperson: int, run_id: int, reason: str, from_: list[str]) -> None:
+        self.record(idperson, run_id, status="failed", error=reason, from_=from_)
         raise StudentSyncFailed(f"student {idperson}: {reason}")
 
     def _finish_if_complete(self, run_id: int) -> None:
@@ -107,8 +121,12 @@ class StudentSync:
         with self.engine.connect() as connection:
             return connection.execute(_ITEM_STATE, {"run_id": run_id, "idperson": idperson}).one_or_none()
 
-    def record(self, idperson: int, run_id: int, *, status: str, data: Any = None, error: str | None = None) -> bool:
-        """Record the student's final outcome; False when it had one already (nothing changes then)."""
+    def record(self, idperson: int, run_id: int, *, status: str, data: Any = None, error: str | None = None,
+               from_: list[str] = FIRST) -> bool:
+        """Record the student's final outcome; False when it had one already (nothing changes then).
+
+        ``from_`` is :data:`RETRIED` for an operator's retry: a recorded failure may then be replaced.
+        """
 
         def work() -> tuple[bool, bool]:
             with self.engine.connect() as connection:
@@ -117,6 +135,7 @@ class StudentSync:
                     {
                         "run_id": run_id,
                         "idperson": idperson,
+                        "from": from_,
                         "shard": shard_of(idperson),
                         "status": status,
                         "error": error,
