@@ -18,3 +18,11 @@ if ! port_open 5672; then
 fi
 for _ in $(seq 1 120); do port_open 5672 && break; sleep 0.5; done
 port_open 5672 || { echo "ensure-services: RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1; }
+
+# The management API gives `antrian queues` and /api/queues their unacknowledged counts and rates.
+if ! rabbitmq-plugins list --enabled --minimal 2>/dev/null | grep -qx rabbitmq_management; then
+  echo "ensure-services: enabling RabbitMQ's management plugin"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null
+fi
+for _ in $(seq 1 60); do port_open 15672 && break; sleep 0.5; done
+port_open 15672 || echo "ensure-services: RabbitMQ's management API is not up on 127.0.0.1:15672" >&2

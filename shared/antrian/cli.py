@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from . import db, demo, sync_runs
 from . import migrate as schema
 from .errors import DependencyUnavailable, RunAlreadyRunning
+from .jobs_cli import jobs, queues
 from .startup import guarded, settings_or_exit
 
 #: Seconds between two looks at a run's progress while ``--wait``ing.
@@ -20,6 +21,10 @@ POLL_INTERVAL_S = 0.5
 @click.group()
 def main() -> None:
     """antrian: background jobs on RabbitMQ and PostgreSQL."""
+
+
+main.add_command(jobs)
+main.add_command(queues)
 
 
 @main.command()

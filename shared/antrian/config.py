@@ -25,6 +25,8 @@ class Settings:
     # Secrets (and URLs that may hold passwords) stay out of repr(), so a logged Settings leaks none.
     database_url: str = field(default="postgresql+psycopg://postgres@127.0.0.1:5432/antrian", repr=False)
     broker_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
+    #: RabbitMQ's management API, for queue counts and rates; derived from ``broker_url`` when unset.
+    rabbitmq_management_url: str | None = field(default=None, repr=False)
     api_token: str | None = field(default=None, repr=False)
     upstream_base_url: str | None = None
     upstream_token: str | None = field(default=None, repr=False)
@@ -126,6 +128,7 @@ def _http_url(value: str) -> str | None:
 _PARSERS: dict[str, Any] = {
     "database_url": _database_url,
     "broker_url": _amqp_url,
+    "rabbitmq_management_url": _http_url,
     "api_token": _text,
     "upstream_base_url": _http_url,
     "upstream_token": _text,
