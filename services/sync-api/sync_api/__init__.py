@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
 
-    from . import admin, bookings_api, errors, extensions, health, http_metrics, payments_api, sync_runs_api
+    from . import admin, bookings_api, errors, extensions, health, http_metrics, jobs_api, payments_api, sync_runs_api
 
     extensions.init_app(app)
     errors.init_app(app)
@@ -48,5 +48,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(sync_runs_api.bp)
     app.register_blueprint(bookings_api.bp)
     app.register_blueprint(payments_api.bp)
+    app.register_blueprint(jobs_api.bp)
     app.register_blueprint(admin.bp)
     return app

@@ -9,6 +9,9 @@ from flask import Flask, jsonify, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from antrian.errors import DependencyUnavailable
+from antrian.failed_jobs import RetryInterrupted
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,6 +36,12 @@ def init_app(app: Flask) -> None:
     def database_down(exc: OperationalError):
         logger.error("database unavailable: %s", exc.orig)
         return error(503, "the database is unavailable; try again shortly")
+
+    @app.errorhandler(DependencyUnavailable)
+    def dependency_down(exc: DependencyUnavailable):
+        logger.error("%s", exc)
+        extra = {"retried": exc.retried} if isinstance(exc, RetryInterrupted) else {}
+        return error(503, str(exc), **extra)
 
     @app.errorhandler(BrokerConnectionError)
     def broker_down(exc: BrokerConnectionError):

@@ -9,8 +9,8 @@ from antrian.errors import DependencyUnavailable
 from antrian.metrics import exposition
 from antrian.startup import check_broker
 
-from .booking_metrics import DatabaseStateCollector
 from .extensions import get_engine
+from .state_metrics import DatabaseStateCollector
 
 bp = Blueprint("health", __name__)
 
