@@ -16,7 +16,8 @@ class SmtpServer:
     """Accepts every message unless ``replies`` holds refusals for the next DATA commands, e.g. ``"451 ..."``.
 
     ``attempts`` counts DATA commands; ``messages`` holds what was accepted (parsed). ``on_accept`` is
-    called with each accepted message before the 250 reply goes out.
+    called with each accepted message before the 250 reply goes out, ``on_data`` at every DATA before
+    any reply.
     """
 
     def __init__(self) -> None:
@@ -24,6 +25,7 @@ class SmtpServer:
         self.replies: list[str] = []
         self.attempts = 0
         self.on_accept = None
+        self.on_data = None
         self._lock = threading.Lock()
         self.port = free_port()
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
@@ -31,6 +33,8 @@ class SmtpServer:
     async def handle_DATA(self, server, session, envelope) -> str:
         with self._lock:
             self.attempts += 1
+            if self.on_data is not None:
+                self.on_data()
             reply = self.replies.pop(0) if self.replies else "250 Message accepted"
             if not reply.startswith("250"):
                 return reply

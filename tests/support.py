@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pika
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -234,3 +235,29 @@ def restart_postgresql() -> None:
         ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
         check=True, timeout=120, capture_output=True,
     )
+
+
+def log_events(*logs: str, event: str | None = None) -> list[dict]:
+    """The JSON log lines of processes' output (optionally only those of one ``event``)."""
+    events = []
+    for log in logs:
+        for line in log.splitlines():
+            if line.startswith("{"):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if event is None or record.get("event") == event:
+                    events.append(record)
+    return events
+
+
+def metric(metrics_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` (with these labels) that a /metrics page shows; 0 when absent."""
+    page = requests.get(metrics_url, timeout=5).text
+    total = 0.0
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

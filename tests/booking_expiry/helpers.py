@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
 from antrian.broker import make_broker
 from antrian.config import load_settings
 from antrian.messages import EXPIRE_UNPAID_BOOKINGS
 
-from ..support import BROKER_URL, DATABASE_URL
+from ..support import BROKER_URL, DATABASE_URL, log_events, metric  # noqa: F401 - re-exported for the tests here
 
 #: One statement inserts the bookings and takes their seats from their tours (pending and paid ones hold
 #: seats; the others do not), exactly as booking over the API would have. Booking ``g`` goes to tour
@@ -85,32 +82,6 @@ def send_sweep() -> None:
         EXPIRE_UNPAID_BOOKINGS.send(broker)
     finally:
         broker.close()
-
-
-def log_events(*logs: str, event: str | None = None) -> list[dict]:
-    """The JSON log lines of processes' output (optionally only those of one ``event``)."""
-    events = []
-    for log in logs:
-        for line in log.splitlines():
-            if line.startswith("{"):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if event is None or record.get("event") == event:
-                    events.append(record)
-    return events
-
-
-def metric(metrics_url: str, name: str, **labels: str) -> float:
-    """The sum of the samples named ``name`` (with these labels) that a /metrics page shows; 0 when absent."""
-    page = requests.get(metrics_url, timeout=5).text
-    total = 0.0
-    for family in text_string_to_metric_families(page):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def sweep_backend_waiting(engine: Engine) -> bool:
