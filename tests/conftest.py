@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from antrian.migrate import upgrade
 
+from .smtp import SmtpServer
 from .support import (
     API_TOKEN,
     BIN,
@@ -155,6 +156,14 @@ def start_web(services, tmp_path):
         return f"http://127.0.0.1:{port}"
 
     return start
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it accepts and can be told to refuse."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

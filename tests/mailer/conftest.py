@@ -1,20 +1,11 @@
-"""Fixtures for the mailer's end-to-end tests: a real SMTP server and real mailer processes."""
+"""Fixtures for the mailer's end-to-end tests: real mailer processes (the SMTP server is tests/conftest.py's)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import pytest
 
 from ..smtp import SmtpServer
 from ..support import Service
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from ..smtp import SmtpServer
 from ..support import Service, send_json, serve
 
 
@@ -57,13 +56,6 @@ def school_api() -> Iterator[SchoolApi]:
     api = SchoolApi()
     yield api
     api.stop()
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
