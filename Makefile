@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+#: Test processes in parallel (each with its own database and vhost); tests marked `restarts` run alone after.
+TEST_PROCESSES ?= 3
 SERVICES := -e shared -e services/sync-api -e services/mailer -e services/booking-expiry
 
 .DEFAULT_GOAL := help
@@ -26,7 +28,8 @@ run: install services ## Migrate, then run every service in the foreground (Ctrl
 test: install services ## Install what the tests need and run them all
 	@scripts/ensure-chromium.sh
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not restarts"
+	$(BIN)/pytest -m restarts
 
 bench: install services ## Run the benchmarks under bench/ and print their figures
 	@scripts/ensure-load-tools.sh

@@ -213,9 +213,16 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, capture_output=True)
 
 
+def _alone() -> None:
+    """Restarting the machine's servers under parallel tests would break the others: such tests are marked."""
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+        raise AssertionError("this test stops RabbitMQ or PostgreSQL: mark it @pytest.mark.restarts")
+
+
 @contextmanager
 def rabbitmq_stopped() -> Iterator[None]:
     """Stop this machine's RabbitMQ for real, and start it again however the block ends."""
+    _alone()
     _rabbitmqctl("stop_app")
     try:
         yield
@@ -230,6 +237,7 @@ def restart_rabbitmq() -> None:
 
 
 def restart_postgresql() -> None:
+    _alone()
     version = sorted(os.listdir("/etc/postgresql"))[0]
     subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],

@@ -86,6 +86,7 @@ def _wib_clock(iso: str) -> str:
     return f"{local:%H:%M}"
 
 
+@pytest.mark.restarts
 def test_a_booking_made_while_rabbitmq_is_stopped_gets_its_invoice_once_it_is_back(
     web, auth, smtp_server, start_mailer, engine
 ):

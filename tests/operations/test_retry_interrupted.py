@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 
+import pytest
 from sqlalchemy import text
 
 from antrian import failed_jobs
@@ -42,6 +43,7 @@ def stored(engine) -> int:
         return connection.exec_driver_sql("SELECT count(*) FROM failed_jobs").scalar_one()
 
 
+@pytest.mark.restarts
 def test_rabbitmq_stopped_during_a_retry_all_loses_nothing_and_doubles_nothing(
     clean, smtp_server, start_dramatiq
 ):

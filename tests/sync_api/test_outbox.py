@@ -81,6 +81,7 @@ def test_relays_running_at_once_publish_each_message_once(relay_parts):
     assert ids == list(range(3000))
 
 
+@pytest.mark.restarts
 def test_a_booking_made_while_rabbitmq_is_stopped_is_queued_once_it_is_back(clean, start_web, auth, engine):
     web = start_web()
     tour = create_tour(web, auth, quota=5)
@@ -94,6 +95,7 @@ def test_a_booking_made_while_rabbitmq_is_stopped_is_queued_once_it_is_back(clea
     assert [message["args"] for message in messages] == [[response.json()["id"]]]
 
 
+@pytest.mark.restarts
 @pytest.mark.parametrize("restart", [restart_rabbitmq, restart_postgresql], ids=["rabbitmq", "postgresql"])
 def test_the_relay_keeps_working_after_a_restart(clean, start_web, auth, engine, restart):
     web = start_web()

@@ -24,6 +24,7 @@ def processed(engine, run_id) -> int:
         return 0
 
 
+@pytest.mark.restarts
 @pytest.mark.parametrize("restart", [restart_rabbitmq, restart_postgresql], ids=["rabbitmq", "postgresql"])
 def test_a_run_survives_a_restart(clean, start_school_api, start_worker, restart):
     # Given a run of 400 students going at a pace we can interrupt
