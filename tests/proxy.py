@@ -21,7 +21,8 @@ class FreezableProxy:
         self._frozen = threading.Event()
         self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         while True:
@@ -56,5 +57,11 @@ class FreezableProxy:
         self._sockets.clear()
 
     def close(self) -> None:
-        self.cut()
+        """Stop accepting (a client reconnecting meanwhile is refused), then close every connection."""
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
         self._listener.close()
+        self._acceptor.join(5)
+        self.cut()

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import dramatiq
 import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, default_middleware
 
+from . import heartbeat
 from .config import Settings
 
 #: Seconds between AMQP heartbeats; an idle web process reconnects on its next send.
 HEARTBEAT_S = 30
+
+
+class Heartbeat(Middleware):
+    """Each worker process beats for the Kubernetes probes while its threads live (see :mod:`antrian.heartbeat`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._beating: heartbeat.Beating | None = None
+
+    def after_worker_boot(self, broker, worker):
+        self._beating = heartbeat.Beating(self.path, worker)
+        self._beating.start()
+
+    def before_worker_shutdown(self, broker, worker):
+        if self._beating is not None:
+            self._beating.stopped.set()
 
 
 def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None = None) -> RabbitmqBroker:
@@ -26,6 +46,8 @@ def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None
     middleware.insert(next(i for i, m in enumerate(middleware) if isinstance(m, Retries)),
                       KeepFailedJobs(settings.database_url, settings.broker_url))
     middleware.append(CurrentMessage())
+    if os.environ.get(heartbeat.ENV):  # a worker started by antrian.workers.exec_worker
+        middleware.append(Heartbeat(Path(os.environ[heartbeat.ENV])))
     middleware.extend(extra_middleware or [])
     broker = RabbitmqBroker(url=_with_heartbeat(settings.broker_url), confirm_delivery=True, middleware=middleware)
     dramatiq.set_broker(broker)

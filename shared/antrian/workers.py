@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from . import heartbeat
 from .metrics import prepare_multiprocess_dir
 from .startup import settings_or_exit
 
@@ -31,6 +32,7 @@ def exec_worker(
     """
     settings = settings_or_exit(service, require=require)
     prepare_multiprocess_dir(service, settings.metrics_port_for(service))
+    heartbeat.prepare(service)
     if settings.db_pool_size is None:
         # One connection per worker thread: a smaller pool closes and reopens connections all the time.
         os.environ["DB_POOL_SIZE"] = str(_threads(argv))
