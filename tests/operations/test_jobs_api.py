@@ -122,6 +122,9 @@ def test_queues_show_ready_unacknowledged_delayed_failed_consumers_and_rates(
     assert busy["source"] == "management"
     assert busy["ready"] + busy["unacknowledged"] == 6 and busy["dead_lettered"] == 1
     assert busy["delayed"] == 0 and busy["publish_rate"] >= 0 and busy["ack_rate"] >= 0
+    # The same numbers are metrics of sync-api, for the dashboard
+    assert metric(f"{web}/metrics", "antrian_queue_consumers", queue="emails") == 1
+    assert metric(f"{web}/metrics", "antrian_queue_messages", queue="emails", state="unacknowledged") >= 1
     release.set()
     smtp_server.on_accept = None
     wait_until(lambda: (q := emails())["ready"] == 0 and q["unacknowledged"] == 0, timeout=60, interval=1,

@@ -10,7 +10,7 @@ from antrian.metrics import exposition
 from antrian.startup import check_broker
 
 from .extensions import get_engine
-from .state_metrics import DatabaseStateCollector
+from .state_metrics import DatabaseStateCollector, QueueStatsCollector
 
 bp = Blueprint("health", __name__)
 
@@ -47,5 +47,6 @@ def _check_database(settings) -> None:
 
 @bp.get("/metrics")
 def metrics():
-    body, content_type = exposition(DatabaseStateCollector(get_engine()))
+    settings = current_app.config["ANTRIAN"]
+    body, content_type = exposition(DatabaseStateCollector(get_engine()), QueueStatsCollector(settings, get_engine()))
     return Response(body, content_type=content_type)

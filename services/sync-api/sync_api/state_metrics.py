@@ -1,7 +1,8 @@
-"""Facts that live in PostgreSQL, read once per scrape: the same value from every replica.
+"""Facts that live in PostgreSQL and RabbitMQ, read once per scrape: the same value from every replica.
 
-Outbox backlog, refunds due, and failed jobs: the gauge of what is stored, and the retries and
-flushes operators asked for (summed from ``failed_job_actions``, so the CLI's count too).
+The latest sync run's progress, outbox backlog, refunds due, and failed jobs: the gauge of what is
+stored, and the retries and flushes operators asked for (summed from ``failed_job_actions``, so the
+CLI's count too). And each queue's messages and consumers, as ``antrian queues`` shows them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import Engine, func, select
 
-from antrian import failed_jobs, outbox
+from antrian import failed_jobs, outbox, queue_stats, sync_runs
+from antrian.config import Settings
 from antrian.models import Payment
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class DatabaseStateCollector:
                 ).scalar_one()
                 stored = failed_jobs.counts(connection)
                 actions = failed_jobs.action_totals(connection)
+            run = sync_runs.latest_run(self.engine)
         except Exception as exc:  # noqa: BLE001 - the process's own metrics still matter while the database is away
             logger.warning("metrics read from the database are missing from this scrape: %s", exc)
             return
@@ -42,6 +45,7 @@ class DatabaseStateCollector:
         yield GaugeMetricFamily(
             "antrian_payments_refund_due", "Payments recorded for bookings that could not be confirmed.", value=refunds
         )
+        yield from _sync_run(run)
         failed = GaugeMetricFamily(
             "antrian_failed_jobs", "Failed jobs stored in failed_jobs, waiting for a retry or a flush.",
             labels=["queue", "actor"],
@@ -58,3 +62,44 @@ class DatabaseStateCollector:
                 if done == action:
                     family.add_metric([queue], jobs)
             yield family
+
+
+def _sync_run(run: dict | None):
+    """The latest run: its students, how many reached an outcome and failed, and whether it runs."""
+    for name, key, help_text in (
+        ("antrian_sync_run_students", "total", "Students in the latest sync run."),
+        ("antrian_sync_run_processed", "processed", "Students of the latest sync run with a final outcome."),
+        ("antrian_sync_run_failed", "failed", "Students of the latest sync run that failed."),
+    ):
+        yield GaugeMetricFamily(name, help_text, value=run[key] if run else 0)
+    yield GaugeMetricFamily("antrian_sync_run_running", "1 while the latest sync run is running.",
+                            value=1 if run and run["isRunning"] else 0)
+    yield GaugeMetricFamily("antrian_sync_run_id", "The latest sync run's id (0 before the first).",
+                            value=run["id"] if run else 0)
+
+
+class QueueStatsCollector:
+    """Each queue's ready, unacknowledged and delayed messages and its consumers (RabbitMQ's management API)."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings, self.engine = settings, engine
+
+    def collect(self):
+        try:
+            stats = queue_stats.collect(self.settings, self.engine)
+        except Exception as exc:  # noqa: BLE001 - RabbitMQ away: the other metrics still matter
+            logger.warning("queue metrics are missing from this scrape: %s", exc)
+            return
+        messages = GaugeMetricFamily("antrian_queue_messages", "Messages in a queue, by state.",
+                                     labels=["queue", "state"])
+        consumers = GaugeMetricFamily("antrian_queue_consumers", "Consumers (worker channels) of a queue.",
+                                      labels=["queue"])
+        for queue in stats:
+            for state in ("ready", "unacknowledged", "delayed"):
+                value = getattr(queue, state)
+                if value is not None:
+                    messages.add_metric([queue.name, state], value)
+            if queue.consumers is not None:
+                consumers.add_metric([queue.name], queue.consumers)
+        yield messages
+        yield consumers
