@@ -6,7 +6,11 @@ import sys
 
 from antrian.workers import exec_worker
 
+#: How long a stopping mailer lets the emails it is sending finish: an email's whole time limit
+#: (mailer.actors.EMAIL_TIME_LIMIT_MS), so no SMTP conversation is cut off by a deploy.
+WORKER_SHUTDOWN_TIMEOUT_MS = 120_000
+
 
 def worker() -> None:
     """Run the Dramatiq workers of queue emails; extra arguments go to dramatiq."""
-    exec_worker("mailer", "mailer.worker", sys.argv[1:])
+    exec_worker("mailer", "mailer.worker", sys.argv[1:], shutdown_timeout_ms=WORKER_SHUTDOWN_TIMEOUT_MS)

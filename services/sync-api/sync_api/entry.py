@@ -8,6 +8,10 @@ import sys
 from antrian.startup import settings_or_exit
 from antrian.workers import exec_worker
 
+#: How long a stopping sync-worker lets its running jobs finish: a student's job's whole time limit
+#: (sync_api.actors.SYNC_TIME_LIMIT_MS). A fan-out still running then is requeued and resumes from its cursor.
+WORKER_SHUTDOWN_TIMEOUT_MS = 60_000
+
 
 def web() -> None:
     """Serve the API with gunicorn; extra arguments go to gunicorn."""
@@ -21,4 +25,5 @@ def web() -> None:
 
 def worker() -> None:
     """Run the Dramatiq workers of queue sync-pembayaran; extra arguments go to dramatiq."""
-    exec_worker("sync-worker", "sync_api.worker", sys.argv[1:], require=("upstream_base_url",))
+    exec_worker("sync-worker", "sync_api.worker", sys.argv[1:], require=("upstream_base_url",),
+                shutdown_timeout_ms=WORKER_SHUTDOWN_TIMEOUT_MS)
