@@ -1,10 +1,10 @@
-"""``/admin/``: token login, and the student payment sync page with its live progress."""
+"""``/admin/``: token login, the student payment sync page with its live progress, and the jobs page."""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, redirect, render_template, request, session, url_for
 
-from antrian import sync_runs
+from antrian import queue_stats, sync_runs
 
 from . import auth
 from .extensions import get_engine
@@ -47,6 +47,14 @@ def sync_page():
     if not auth.is_authenticated():
         return redirect(url_for("admin.login", next=request.path))
     return render_template("sync_pembayaran.html")
+
+
+@bp.get("/jobs")
+def jobs_page():
+    """Queues and failed jobs, live; its scripts call ``/api/queues`` and ``/api/jobs/failed`` with the session."""
+    if not auth.is_authenticated():
+        return redirect(url_for("admin.login", next=request.path))
+    return render_template("jobs.html", queues=queue_stats.SPEC_QUEUES)
 
 
 @bp.get("/sync-pembayaran/progress")
