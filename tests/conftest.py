@@ -25,6 +25,9 @@ from .support import (
     show_output_if_failed,
 )
 
+#: Headless Chromium's ``browser`` and ``page`` fixtures, for the admin pages' tests.
+pytest_plugins = ["tests.browser"]
+
 
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=False, capture_output=True, timeout=60)

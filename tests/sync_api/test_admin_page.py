@@ -3,44 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
-import pytest
 import requests
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from antrian.demo import seed_students
 
 from ..support import API_TOKEN
 from .helpers import expected_failures
 
-#: Debian's Chromium: Playwright cannot download its own browser here (see scripts/ensure-chromium.sh).
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
 STUDENTS, PERMANENT = 200, 0.05
 #: The keys of the old admin page's progress JSON, which the new page keeps answering.
 OLD_PROGRESS_SHAPE = {"total", "processed", "failed", "percent", "isRunning", "successCount"}
 #: Milliseconds Playwright waits for a run to be shown finished (the run itself takes a few seconds).
 RUN_TIMEOUT_MS = 40_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 def _record_page_changes(page: Page) -> None:
