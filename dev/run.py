@@ -253,6 +253,7 @@ def where_to_look(running: list[Running], env: dict[str, str], ports: dict[str, 
     names = {item.child.name for item in running}
     say("ready. Where to look:")
     say(f"  admin page  {base}/admin/sync-pembayaran")
+    say(f"  jobs page   {base}/admin/jobs  (queues, failed jobs; or `antrian queues`, `antrian jobs failed`)")
     say(f"  API         {base}/api/  (Authorization: Bearer <API_TOKEN>)")
     say(f"  API_TOKEN   {secret('API_TOKEN')}")
     say(f"  metrics     {base}/metrics (sync-api)")

@@ -165,7 +165,7 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_
     assert "migrations applied" in out and "added 500 demo students" in out and "added 5 demo tours" in out
     assert f"development school API stands in at http://127.0.0.1:{env['DEV_SCHOOL_API_PORT']}" in out
     assert f"development mail sink takes the mail at 127.0.0.1:{env['MAIL_SINK_SMTP_PORT']}" in out
-    assert f"http://127.0.0.1:{port}/admin/sync-pembayaran" in out
+    assert f"http://127.0.0.1:{port}/admin/sync-pembayaran" in out and f"http://127.0.0.1:{port}/admin/jobs" in out
     assert f"http://127.0.0.1:{port}/metrics" in out and f"http://127.0.0.1:{worker_metrics}/metrics" in out
     assert f"http://127.0.0.1:{worker_metrics + 1}/metrics (mailer)" in out
     assert f"http://127.0.0.1:{worker_metrics + 2}/metrics (booking-expiry)" in out
