@@ -1,0 +1,63 @@
+"""Schemas of the custom resources k8s/ uses, which kubernetes-validate has none of (it knows core kinds only).
+
+The models are cloudcoil's, generated from the CRDs that KEDA (cloudcoil-models-keda) and prometheus-operator
+(cloudcoil-models-prometheus-operator) publish, pinned in requirements-dev.txt. They are pydantic models that
+ignore unknown fields, so :func:`problems` validates in strict mode (no "3" for 3) and then dumps the model
+back: a field of the manifest that did not come back out is one the CRD does not have (misspelt or misplaced).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from cloudcoil.models.keda import v1alpha1 as keda
+from cloudcoil.models.prometheus_operator import v1 as monitoring
+
+#: (apiVersion, kind) → model. A custom resource of another kind fails the tests until it is added here.
+MODELS: dict[tuple[str, str], type[pydantic.BaseModel]] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): keda.ScaledObject,
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): keda.TriggerAuthentication,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): monitoring.ServiceMonitor,
+    ("monitoring.coreos.com/v1", "PodMonitor"): monitoring.PodMonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): monitoring.PrometheusRule,
+}
+#: The API groups whose objects are checked here rather than by kubernetes-validate.
+GROUPS = {api_version.split("/")[0] for api_version, _ in MODELS}
+
+
+def knows(item: dict) -> bool:
+    """Whether ``item`` belongs here: a kind of KEDA or prometheus-operator (known or not)."""
+    api_version = item.get("apiVersion", "")
+    return "/" in api_version and api_version.split("/")[0] in GROUPS
+
+
+def problems(item: dict) -> list[str]:
+    """Why ``item`` does not match its CRD's schema; empty when it does."""
+    model = MODELS.get((item.get("apiVersion"), item.get("kind")))
+    if model is None:
+        return [f"no model for {item.get('apiVersion')} {item.get('kind')} (known: {sorted(MODELS)})"]
+    try:
+        parsed = model.model_validate(item, strict=True)
+    except pydantic.ValidationError as exc:
+        return [f"{_path(error['loc'])}: {error['msg']} (got {error.get('input')!r})" for error in exc.errors()]
+    dumped = parsed.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return list(_differences(item, dumped, ()))
+
+
+def _differences(given: Any, kept: Any, path: tuple) -> list[str]:
+    if isinstance(given, dict) and isinstance(kept, dict):
+        found = [f"{_path((*path, key))}: unknown field" for key in given if key not in kept]
+        for key in given.keys() & kept.keys():
+            found += _differences(given[key], kept[key], (*path, key))
+        return found
+    if isinstance(given, list) and isinstance(kept, list) and len(given) == len(kept):
+        return [problem for index, (one, other) in enumerate(zip(given, kept, strict=True))
+                for problem in _differences(one, other, (*path, index))]
+    if given != kept:
+        return [f"{_path(path)}: {given!r} was read as {kept!r}"]
+    return []
+
+
+def _path(location: tuple) -> str:
+    return ".".join(str(part) for part in location) or "(the object)"
