@@ -27,6 +27,7 @@ run: install services ## Migrate, then run every service in the foreground (Ctrl
 
 test: install services ## Install what the tests need and run them all
 	@scripts/ensure-chromium.sh
+	@scripts/ensure-promtool.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not restarts"
 	$(BIN)/pytest -m restarts
