@@ -87,6 +87,8 @@ def services(tmp_path, request) -> Iterator[list[Service]]:
     """Every process a test starts; stopped afterwards, logs printed when the test failed."""
     started: list[Service] = []
     yield started
+    for service in started:  # all stop at once: a test's teardown waits for the slowest, not the sum
+        service.terminate()
     for service in started:
         service.stop()
     show_output_if_failed(request, {f"{service.name} log": service.log for service in started})

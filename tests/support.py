@@ -125,8 +125,10 @@ class Service:
         self.ready_url = ready_url
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen | None = None
+        self._terminated = False
 
     def start(self, timeout: float = 30) -> Service:
+        self._terminated = False
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
@@ -151,6 +153,12 @@ class Service:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM the main process once, without waiting (:meth:`stop` then waits)."""
+        if self.process and self.process.poll() is None and not self._terminated:
+            self.process.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM the main process only, as Docker and Kubernetes do (Dramatiq forwards it to its
         workers; a second SIGTERM would make them quit mid-message), then reap the whole group."""
@@ -158,7 +166,7 @@ class Service:
             return
         try:
             if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
+                self.terminate()
                 self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
