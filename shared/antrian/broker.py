@@ -8,7 +8,7 @@ from pathlib import Path
 import dramatiq
 import pika
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.middleware import CurrentMessage, Middleware, Retries, default_middleware
+from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
 
 from . import heartbeat
 from .config import Settings
@@ -42,9 +42,8 @@ def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None
     from .keep_failed import KeepFailedJobs
 
     middleware = [factory() for factory in default_middleware]
-    # Before Retries, so that its after-hooks run after Retries has decided to give up.
-    middleware.insert(next(i for i, m in enumerate(middleware) if isinstance(m, Retries)),
-                      KeepFailedJobs(settings.database_url, settings.broker_url))
+    # First, so that its after-hooks run last: after Retries has given up, after TimeLimit stopped its timer.
+    middleware.insert(0, KeepFailedJobs(settings.database_url, settings.broker_url))
     middleware.append(CurrentMessage())
     if os.environ.get(heartbeat.ENV):  # a worker started by antrian.workers.exec_worker
         middleware.append(Heartbeat(Path(os.environ[heartbeat.ENV])))

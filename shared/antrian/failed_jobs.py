@@ -9,6 +9,7 @@ the one unconfirmed batch) both, and the worker that runs a retried job deletes 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -71,12 +72,12 @@ def keep(connection: Connection, message: dramatiq.Message, failure: Failure) ->
         "message_id": message.message_id,
         "queue_name": message.queue_name,
         "actor_name": message.actor_name,
-        "args": list(message.args),
-        "kwargs": dict(message.kwargs),
-        "options": {key: value for key, value in message.options.items() if key not in _ATTEMPT_OPTIONS},
+        "args": _storable(list(message.args)),
+        "kwargs": _storable(dict(message.kwargs)),
+        "options": _storable({key: value for key, value in message.options.items() if key not in _ATTEMPT_OPTIONS}),
         "attempts": failure.attempts,
-        "exception": failure.exception,
-        "traceback": failure.traceback[-TRACEBACK_LENGTH:],
+        "exception": _text(failure.exception),
+        "traceback": _text(failure.traceback[-TRACEBACK_LENGTH:]),
         "worker": failure.worker,
         "enqueued_at": _from_ms(message.message_timestamp),
     }
@@ -86,6 +87,11 @@ def keep(connection: Connection, message: dramatiq.Message, failure: Failure) ->
         set_={**{key: statement.excluded[key] for key in values if key != "message_id"}, "failed_at": func.now()},
     )
     return connection.execute(statement.returning(FailedJob.id)).scalar_one()
+
+
+def stored_id(connection: Connection, message_id: str) -> int | None:
+    """The row id of a message stored as failed, or None."""
+    return connection.execute(select(FailedJob.id).where(FailedJob.message_id == message_id)).scalar_one_or_none()
 
 
 def forget(connection: Connection, message_id: str) -> int:
@@ -133,11 +139,19 @@ def retry(engine: Engine, broker: dramatiq.Broker, broker_url: str, *, job_id: i
     deleted in one transaction. RabbitMQ going away in the middle raises :class:`RetryInterrupted`
     and leaves the unconfirmed batch and the rest stored.
     """
+    with engine.connect() as connection:
+        # Only what is stored now: a job that fails again while this runs is not retried again by it.
+        newest = connection.execute(select(func.max(FailedJob.id))).scalar_one()
+        exists = job_id is None or connection.execute(select(FailedJob.id).where(FailedJob.id == job_id)).first()
+    if not exists:
+        raise FailedJobNotFound(job_id)
+    if newest is None:
+        return 0
     retried = 0
     try:
         with ConfirmedPublisher(broker_url) as publisher:
             while batch := _retry_batch(engine, broker, publisher, job_id=job_id, queue=queue, source=source,
-                                        limit=batch_size):
+                                        limit=batch_size, newest=newest):
                 retried += batch
                 if job_id is not None:
                     break
@@ -149,10 +163,10 @@ def retry(engine: Engine, broker: dramatiq.Broker, broker_url: str, *, job_id: i
 
 
 def _retry_batch(engine: Engine, broker: dramatiq.Broker, publisher: ConfirmedPublisher, *,
-                 job_id: int | None, queue: str | None, source: str, limit: int) -> int:
+                 job_id: int | None, queue: str | None, source: str, limit: int, newest: int) -> int:
     """Publish one batch of failed jobs, wait for the confirms, delete their rows; return how many."""
     with engine.begin() as connection:
-        query = select(_TABLE).order_by(FailedJob.id).limit(limit)
+        query = select(_TABLE).where(FailedJob.id <= newest).order_by(FailedJob.id).limit(limit)
         if job_id is not None:
             # A concurrent retry of the same job waits here, then finds it gone.
             query = query.where(FailedJob.id == job_id).with_for_update()
@@ -224,6 +238,16 @@ def _record(connection: Connection, action: str, jobs_by_queue: Counter, source:
     rows = [{"action": action, "queue_name": q, "jobs": n, "source": source} for q, n in jobs_by_queue.items()]
     if rows:
         connection.execute(insert(FailedJobAction), rows)
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as PostgreSQL's jsonb takes it: NUL characters (which it refuses) become U+FFFD."""
+    return json.loads(json.dumps(value, default=repr).replace("\\u0000", "\\ufffd"))
+
+
+def _text(value: str) -> str:
+    """Text as PostgreSQL takes it: no NUL characters."""
+    return value.replace("\x00", "\ufffd")
 
 
 def _from_ms(timestamp_ms: int | None) -> datetime | None:

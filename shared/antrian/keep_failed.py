@@ -8,6 +8,7 @@ worker's :class:`DeadLetterImporter` then moves it from ``.XQ`` into the table o
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
@@ -54,8 +55,9 @@ def describe(exception: BaseException | None, *, attempts: int) -> failed_jobs.F
 class KeepFailedJobs(Middleware):
     """Store each message Dramatiq gives up on in ``failed_jobs``; forget the row when it runs again.
 
-    Put it before :class:`dramatiq.middleware.Retries` in the broker's middleware: Dramatiq runs the
-    ``after_`` hooks in reverse order, so this one sees the message once Retries has given up on it.
+    Put it first in the broker's middleware: Dramatiq runs the ``after_`` hooks in reverse order, so this
+    one sees the message once Retries has given up on it, and once TimeLimit has stopped its timer (a
+    time limit must not strike while the failure is being stored).
 
     Parameters:
       database_url(str): where ``failed_jobs`` is.
@@ -78,16 +80,34 @@ class KeepFailedJobs(Middleware):
         return self._engine
 
     def before_process_message(self, broker, message):
-        # A retried or redelivered message is running again: it is not a failed job any more.
-        # Should it fail again, it is stored again (and a worker that died before acknowledging a
-        # stored failure leaves no stale row behind).
-        if message.options.get(failed_jobs.RETRIED_FROM) is None and not getattr(message, "redelivered", False):
-            return
-        try:
+        if message.options.get(failed_jobs.RETRIED_FROM) is not None:
+            # A retried message runs again: it is not a failed job any more (should it fail again, it is
+            # stored again). This also clears the row of a retry whose confirm was lost but whose message came.
+            self._forget(message)
+        elif getattr(message, "redelivered", False) and self._stored(message) is not None:
+            # Its failure was stored and then its ack was lost (a crash, a dropped connection): the row is
+            # the one copy, so this copy is acknowledged without running.
+            logger.info("message %s is stored as a failed job already; its redelivery is acknowledged",
+                        message.message_id, extra={"event": "failed_job_redelivered", "message_id": message.message_id})
+            raise SkipMessage("stored as a failed job already")
+
+    def _forget(self, message) -> None:
+        def work() -> None:
             with self.engine().connect() as connection:
                 failed_jobs.forget(connection, message.message_id)
+
+        try:
+            retry_on_disconnect(work, window_s=STORE_WINDOW_S)
         except Exception as exc:  # noqa: BLE001 - the job runs anyway; a stale row is retried as a duplicate
             logger.warning("could not clear the failed job of message %s: %s", message.message_id, exc)
+
+    def _stored(self, message) -> int | None:
+        try:
+            with self.engine().connect() as connection:
+                return failed_jobs.stored_id(connection, message.message_id)
+        except Exception as exc:  # noqa: BLE001 - unknown: run it (the jobs are idempotent)
+            logger.warning("could not look up message %s in failed_jobs: %s", message.message_id, exc)
+            return None
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         if message.failed:
@@ -159,6 +179,25 @@ def _short_args(message) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _dead_letter(body: bytes, dead_letters: str) -> tuple[dramatiq.Message, failed_jobs.Failure]:
+    """The message and what is known of its failure; an undecodable body is kept whole (base64) in a
+    message of actor ``(undecodable)``, so that it is seen rather than blocking the queue."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        message = dramatiq.Message.decode(body)
+    except DecodeError as exc:
+        message = dramatiq.Message(queue_name=dead_letters.removesuffix(".XQ"), actor_name="(undecodable)", args=(),
+                                   kwargs={}, options={"body_base64": base64.b64encode(body).decode()})
+        return message, failed_jobs.Failure(exception=f"DecodeError: {exc}", traceback="", attempts=1, worker=worker)
+    earlier = message.options.get("traceback", "")
+    return message, failed_jobs.Failure(
+        exception="dead-lettered while failed_jobs was unavailable; its last exception was lost",
+        traceback=f"Traceback of an earlier attempt:\n{earlier}" if earlier else "",
+        attempts=message.options.get("retries", 0) + 1,
+        worker=worker,
+    )
+
+
 class DeadLetterImporter(threading.Thread):
     """Moves what RabbitMQ dead-lettered into ``failed_jobs``, every :data:`IMPORT_INTERVAL_S` seconds.
 
@@ -204,21 +243,12 @@ class DeadLetterImporter(threading.Thread):
             method, _properties, body = channel.basic_get(dead_letters)
             if method is None:
                 return imported
+            message, failure = _dead_letter(body, dead_letters)
             try:
-                message = dramatiq.Message.decode(body)
-            except DecodeError:
-                channel.basic_nack(method.delivery_tag, requeue=True)
-                logger.error("a message in %s cannot be decoded; left there", dead_letters)
-                return imported
-            options = message.options
-            earlier = options.get("traceback", "")
-            failure = failed_jobs.Failure(
-                exception="dead-lettered while failed_jobs was unavailable; its last exception was lost",
-                traceback=f"Traceback of an earlier attempt:\n{earlier}" if earlier else "",
-                attempts=options.get("retries", 0) + 1,
-                worker=f"{socket.gethostname()}:{os.getpid()}",
-            )
-            job_id = self._store(message, failure)
+                job_id = self._store(message, failure)
+            except Exception:
+                channel.basic_nack(method.delivery_tag, requeue=True)  # back at its place, for the next look
+                raise
             channel.basic_ack(method.delivery_tag)
             imported += 1
             logger.warning("imported dead letter %s from %s as failed job %d", message.message_id, dead_letters,

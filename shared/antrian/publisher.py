@@ -35,12 +35,16 @@ class ConfirmedPublisher:
 
     def __init__(self, broker_url: str) -> None:
         self._connection = pika.BlockingConnection(connection_parameters(broker_url))
-        # pika's blocking channel waits for every confirm one by one; its underlying
-        # asynchronous channel lets us publish a batch and collect the confirms together.
-        self._channel = self._connection.channel()._impl
-        self._channel.confirm_delivery(self._on_confirm)
-        self._channel.add_on_return_callback(self._on_return)
-        self._connection.process_data_events(0)
+        try:
+            # pika's blocking channel waits for every confirm one by one; its underlying
+            # asynchronous channel lets us publish a batch and collect the confirms together.
+            self._channel = self._connection.channel()._impl
+            self._channel.confirm_delivery(self._on_confirm)
+            self._channel.add_on_return_callback(self._on_return)
+            self._connection.process_data_events(0)
+        except BaseException:
+            self.close()
+            raise
         self._last_tag = 0
         self._unconfirmed: set[int] = set()
         self._oldest = 1  # the oldest delivery tag that may still be unconfirmed

@@ -121,8 +121,11 @@ def _from_amqp(broker_url: str, names: list[str], stored: Counter) -> dict[str, 
                 dead_lettered=stored[name] + not_yet_stored, consumers=consumers,
                 publish_rate=None, ack_rate=None, source="amqp",
             )
+    except AMQPError as exc:
+        raise DependencyUnavailable(f"lost the broker at {redact(broker_url)}: {exc!r}") from None
     finally:
-        connection.close()
+        if connection.is_open:
+            connection.close()
     return stats
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, current_app, jsonify, request
 
 from antrian import failed_jobs, queue_stats
@@ -26,7 +28,7 @@ def _source() -> str:
 
 
 def _job_id(raw: str) -> int:
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or not 0 < int(raw) <= MAX_ID:
         raise ClearBadRequest("a failed job id is a positive whole number")
     return int(raw)
 

@@ -54,7 +54,7 @@ _RECORD_OUTCOME = text(
            WHERE run_id = :run_id AND shard = :shard AND EXISTS (SELECT 1 FROM item)
            RETURNING prior.status = 'pending' AND processed >= total AS complete
        )
-       SELECT (SELECT count(*) FROM item) AS counted,
+       SELECT (SELECT count(*) FROM item) AS counted, (SELECT status FROM prior) AS was,
               coalesce((SELECT complete FROM counts), false) AS shard_complete"""
 )
 #: The states an outcome may leave: a first delivery's, and a retried failed job's too.
@@ -130,7 +130,7 @@ class StudentSync:
 
         def work() -> tuple[bool, bool]:
             with self.engine.connect() as connection:
-                counted, shard_complete = connection.execute(
+                counted, was, shard_complete = connection.execute(
                     _RECORD_OUTCOME,
                     {
                         "run_id": run_id,
@@ -142,7 +142,7 @@ class StudentSync:
                         "data": json.dumps(data) if status == "success" else None,
                     },
                 ).one()
-            if counted:
+            if counted and was != status:  # a retried failure failing again is no new outcome
                 worker_metrics.STUDENTS.labels(status).inc()
             return bool(counted), shard_complete
 
