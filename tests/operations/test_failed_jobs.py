@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 import time
 
+import requests
+
 from antrian.messages import EMAILS_QUEUE
 
 from ..booking_expiry.helpers import send_sweep
@@ -79,7 +81,7 @@ def test_failures_on_every_queue_are_stored_once_with_their_exception(
         assert len(log_events(started[name].log(), event="job_failed")) == count
 
 
-def test_a_worker_killed_after_storing_a_failure_but_before_its_ack_stores_it_once(
+def test_a_worker_killed_after_storing_a_failure_but_before_its_ack_keeps_it_once(
     clean, smtp_server, start_dramatiq, start_web, auth, request
 ):
     web = start_web()
@@ -100,15 +102,17 @@ def test_a_worker_killed_after_storing_a_failure_but_before_its_ack_stores_it_on
     proxy.cut()
     wait_until(lambda: queue_depth(EMAILS_QUEUE) == 1, timeout=30, what="RabbitMQ to requeue the unacked message")
 
-    # The redelivered message runs again (its stale row is forgotten first), fails again, and is stored again
-    start_dramatiq("mailer", threads=1, **smtp_server.env())
-    wait_until(lambda: smtp_server.attempts == 2 and queue_depth(EMAILS_QUEUE) == 0, timeout=30,
-               what="the redelivery to be tried")
-    [again] = wait_for_failed(clean, 1, queue_name=EMAILS_QUEUE)
+    # The redelivered message is acknowledged without running: its failure is stored, the row is the one copy
+    second = start_dramatiq("mailer", threads=1, **smtp_server.env())
+    wait_until(lambda: queue_depth(EMAILS_QUEUE) == 0 and log_events(second.log(), event="failed_job_redelivered"),
+               timeout=30, what="the redelivery acknowledged")
     time.sleep(1)
-    assert len(failed_rows(clean)) == 1
-    assert again["message_id"] == stored["message_id"] and again["failed_at"] >= stored["failed_at"]
+    assert smtp_server.attempts == 1 and failed_rows(clean) == [stored]
     assert dead_letters(EMAILS_QUEUE) == 0
+    # And the row is still there to retry: the email goes once the server takes it
+    smtp_server.replies = []
+    assert requests.post(f"{web}/api/jobs/failed/{stored['id']}/retry", headers=auth).status_code == 202
+    wait_until(lambda: len(smtp_server.messages) == 1 and not failed_rows(clean), timeout=30, what="the retry")
 
 
 def test_a_failure_the_store_cannot_take_waits_in_the_dead_letter_queue_and_is_imported_later(
