@@ -46,10 +46,13 @@ def describe(exception: BaseException | None, *, attempts: int) -> failed_jobs.F
         text = str(exception).strip()
         summary = f"{type(exception).__name__}: {text}" if text else type(exception).__name__
         trace = "".join(traceback.format_exception(exception))
-    return failed_jobs.Failure(
-        exception=summary[:EXCEPTION_LENGTH], traceback=trace, attempts=attempts,
-        worker=f"{socket.gethostname()}:{os.getpid()}",
-    )
+    return failed_jobs.Failure(exception=summary[:EXCEPTION_LENGTH], traceback=trace, attempts=attempts,
+                               worker=_worker())
+
+
+def _worker() -> str:
+    """``host:pid`` of this worker process, as failed_jobs.worker records it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class KeepFailedJobs(Middleware):
@@ -182,19 +185,19 @@ def _short_args(message) -> str:
 def _dead_letter(body: bytes, dead_letters: str) -> tuple[dramatiq.Message, failed_jobs.Failure]:
     """The message and what is known of its failure; an undecodable body is kept whole (base64) in a
     message of actor ``(undecodable)``, so that it is seen rather than blocking the queue."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
         message = dramatiq.Message.decode(body)
     except DecodeError as exc:
         message = dramatiq.Message(queue_name=dead_letters.removesuffix(".XQ"), actor_name="(undecodable)", args=(),
                                    kwargs={}, options={"body_base64": base64.b64encode(body).decode()})
-        return message, failed_jobs.Failure(exception=f"DecodeError: {exc}", traceback="", attempts=1, worker=worker)
+        return message, failed_jobs.Failure(exception=f"DecodeError: {exc}", traceback="", attempts=1,
+                                            worker=_worker())
     earlier = message.options.get("traceback", "")
     return message, failed_jobs.Failure(
         exception="dead-lettered while failed_jobs was unavailable; its last exception was lost",
         traceback=f"Traceback of an earlier attempt:\n{earlier}" if earlier else "",
         attempts=message.options.get("retries", 0) + 1,
-        worker=worker,
+        worker=_worker(),
     )
 
 
