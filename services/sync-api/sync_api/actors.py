@@ -86,11 +86,10 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
     options = message.options if message is not None else {}
     final_attempt = options.get("retries", 0) >= MAX_RETRIES
     # An operator's retry of the failed job: the student's recorded failure may become a success.
-    retried = options.get(RETRIED_FROM) is not None
-    from_ = RETRIED if retried else FIRST
+    from_ = RETRIED if options.get(RETRIED_FROM) is not None else FIRST
     student_sync = runtime().student_sync
     try:
-        student_sync.sync(idperson, run_id, final_attempt=final_attempt, retried=retried)
+        student_sync.sync(idperson, run_id, final_attempt=final_attempt, from_=from_)
     except TransientUpstreamError as exc:
         if final_attempt:
             raise

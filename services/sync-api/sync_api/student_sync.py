@@ -77,11 +77,11 @@ class StudentSync:
         self.engine = engine
         self.school_api = school_api
 
-    def sync(self, idperson: int, run_id: int, *, final_attempt: bool, retried: bool = False) -> None:
+    def sync(self, idperson: int, run_id: int, *, final_attempt: bool, from_: list[str] = FIRST) -> None:
         """Fetch and store one student's pembayaran for ``run_id``.
 
-        ``retried`` is an operator's retry of the failed job: a student who failed is tried again,
-        and a success then replaces the failure in the run's counts.
+        ``from_`` is :data:`RETRIED` for an operator's retry of the failed job: a student who failed is
+        tried again, and a success then replaces the failure in the run's counts.
 
         Raises TransientUpstreamError to be retried (after recording the failure when this was
         the final attempt) and StudentSyncFailed once a permanent failure is recorded.
@@ -90,23 +90,22 @@ class StudentSync:
         if state is None:
             logger.warning("no sync item for student %s in run %s; message ignored", idperson, run_id)
             return
-        open_states = RETRIED if retried else FIRST
-        if state.status not in open_states:
+        if state.status not in from_:
             logger.info("student %s already %s in run %s; duplicate message ignored", idperson, state.status, run_id)
             # The first delivery may have died between recording the last outcome and finishing the run.
             retry_on_disconnect(lambda: self._finish_if_complete(run_id))
             return
         if not state.student_exists:
-            self._fail(idperson, run_id, "student no longer exists", open_states)
+            self._fail(idperson, run_id, "student no longer exists", from_)
         try:
             data = self.school_api.fetch_pembayaran(idperson)
         except PermanentUpstreamError as exc:
-            self._fail(idperson, run_id, str(exc), open_states)
+            self._fail(idperson, run_id, str(exc), from_)
         except TransientUpstreamError as exc:
             if final_attempt:
-                self.record(idperson, run_id, status="failed", error=f"{exc} (after 3 attempts)", from_=open_states)
+                self.record(idperson, run_id, status="failed", error=f"{exc} (after 3 attempts)", from_=from_)
             raise
-        self.record(idperson, run_id, status="success", data=data, from_=open_states)
+        self.record(idperson, run_id, status="success", data=data, from_=from_)
 
     def _fail(self, idperson: int, run_id: int, reason: str, from_: list[str]) -> None:
         self.record(idperson, run_id, status="failed", error=reason, from_=from_)
