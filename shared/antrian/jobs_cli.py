@@ -81,7 +81,7 @@ def retry(job_ids: tuple[int, ...], retry_all: bool, queue: str | None, batch_si
         if retry_all:
             count = _or_exit(program, lambda: failed_jobs.retry(engine, broker, settings.broker_url, queue=queue,
                                                                  source="cli", batch_size=batch_size))
-            click.echo(f"retried {count} failed job{'s' if count != 1 else ''}")
+            click.echo(f"retried {_failed_jobs(count)}")
             return
         for job_id in job_ids:
             _or_exit(program, lambda job_id=job_id: failed_jobs.retry(engine, broker, settings.broker_url,
@@ -104,7 +104,7 @@ def flush(queue: str | None, older_than: str | None) -> None:
     engine = db.make_engine(settings.database_url)
     count = guarded("antrian jobs flush",
                     lambda: failed_jobs.flush(engine, queue=queue, older_than=age, source="cli"))
-    click.echo(f"flushed {count} failed job{'s' if count != 1 else ''}")
+    click.echo(f"flushed {_failed_jobs(count)}")
 
 
 @click.command()
@@ -143,6 +143,10 @@ def _or_exit(program: str, work):
         return guarded(program, work)
     except failed_jobs.FailedJobNotFound as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _failed_jobs(count: int) -> str:
+    return f"{count} failed job{'s' if count != 1 else ''}"
 
 
 def _args(args: list) -> str:
