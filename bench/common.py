@@ -65,7 +65,7 @@ def log_path(name: str) -> Path:
 
 def reset_database() -> None:
     """Drop and create ``antrian_bench``, then migrate it with the product's own migrations."""
-    from antrian.migrate import upgrade
+    from antrian.db.migrate import upgrade
 
     admin = create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
     try:
@@ -112,7 +112,7 @@ def clear_bookings(engine: Engine) -> None:
 
 def seed(engine: Engine, count: int) -> None:
     """``count`` demo students, inserted by the product's own seeding, then VACUUM ANALYZE."""
-    from antrian.demo import seed_students
+    from antrian.cli.demo import seed_students
 
     started = time.perf_counter()
     added = seed_students(engine, count)
@@ -214,7 +214,8 @@ def start_school_api(*, latency_ms: float = 0) -> str:
     port = free_port()
     Service(
         f"dev-school-api-{port}",
-        [str(BIN / "dev-school-api"), "--host", "127.0.0.1", "--port", str(port), "--latency-ms", str(latency_ms)],
+        [str(BIN / "python"), str(ROOT / "dev" / "school_api.py"), "--host", "127.0.0.1", "--port", str(port),
+         "--latency-ms", str(latency_ms)],
         base_env(),
         ready_url=f"http://127.0.0.1:{port}/healthz",
     ).start()
@@ -286,9 +287,9 @@ def post_sync_run(web: str) -> tuple[int, float]:
 
 
 def run_state(engine: Engine, run_id: int) -> dict:
-    """The run as the product reports it (``antrian.sync_runs.get_run``), plus its fan-out flag and its
+    """The run as the product reports it (``antrian.sync.runs.get_run``), plus its fan-out flag and its
     duration in seconds by the database's own timestamps (None while running)."""
-    from antrian.sync_runs import get_run
+    from antrian.sync.runs import get_run
 
     run = get_run(engine, run_id)
     with engine.connect() as connection:

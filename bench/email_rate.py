@@ -20,9 +20,9 @@ import time
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import Engine, text
 
+from antrian.amqp.publisher import ConfirmedPublisher
 from antrian.config import Settings
 from antrian.messages import EMAILS_QUEUE, SEND_INVOICE_EMAIL
-from antrian.publisher import ConfirmedPublisher
 
 from . import common, probes
 
@@ -66,8 +66,8 @@ def _insert_bookings(engine: Engine, count: int) -> list[int]:
 
 
 def _details(engine: Engine, booking_ids: list[int]):
-    """The bookings as the mailer loads them (mailer.bookings.BookingDetails)."""
-    from mailer.bookings import BookingDetails
+    """The bookings as the mailer loads them (mailer.emails.bookings.BookingDetails)."""
+    from mailer.emails.bookings import BookingDetails
 
     with engine.connect() as connection:
         rows = connection.execute(
@@ -81,7 +81,7 @@ def _details(engine: Engine, booking_ids: list[int]):
 
 def _smtp_floor(engine: Engine, booking_ids: list[int]) -> dict:
     """Render every invoice as the mailer does, then send them all over one smtplib connection."""
-    from mailer.render import INVOICE, Sender, message_id_for, render
+    from mailer.emails.render import INVOICE, Sender, message_id_for, render
 
     settings = Settings()
     sender = Sender(settings.mail_from_address, settings.mail_from_name)

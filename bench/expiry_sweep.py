@@ -4,7 +4,7 @@
    due, paid ones and already expired ones (so the sweep has to choose), regenerated before every run
    by one INSERT ... SELECT. On that data:
 
-   - ``booking_expiry.sweep.sweep(engine)``, called in-process: the code the worker runs (its actor only
+   - ``booking_expiry.bookings.sweep.sweep(engine)``, called in-process: the code the worker runs (its actor only
      wraps it in Dramatiq), on an engine made as the worker makes it, with its JSON log lines (one per
      expired booking, one ``sweep_done``) written to a file as the worker writes them to stderr;
      each batch size of :data:`BATCH_SIZES` too, ``repeats`` times each, interleaved;
@@ -33,7 +33,7 @@
 
 2. ``plan_bookings`` bookings (most pending and due later, some paid or expired, exactly ``plan_due``
    pending and due), ANALYZEd; then ``EXPLAIN (ANALYZE, BUFFERS)`` of the very statement the sweep runs
-   for one batch (captured from ``antrian.seats.expire_due_bookings`` as it is sent, not copied), in a
+   for one batch (captured from ``antrian.bookings.seats.expire_due_bookings`` as it is sent, not copied), in a
    transaction rolled back (three times; the first is reported, the others shown); the same statement with
    the LIMITs of :data:`PLAN_BATCH_SIZES`, to see at which batch size the planner stops reaching the chosen
    bookings by their primary key and scans the whole table instead; then the whole sweep on that data.
@@ -56,7 +56,8 @@ from sqlalchemy import Engine, event, text
 
 from . import common, probes
 
-#: Batch sizes tried; the product's default (``booking_expiry.sweep.BATCH_SIZE``) is called as ``sweep(engine)``.
+#: Batch sizes tried; the product's default (``booking_expiry.bookings.sweep.BATCH_SIZE``) is called as
+#: ``sweep(engine)``.
 BATCH_SIZES = (1_000, 5_000, 20_000, 100_000)
 #: Every tour's quota once every due booking has given its seats back (the generated quota is this minus the
 #: due bookings' seats).
@@ -70,10 +71,10 @@ OTHERS_2 = {"PAID": 0.05, "EXP": 0.05}
 
 def run(engine: Engine, *, bookings: int, tours: int, repeats: int, loop_subset: int, loop_budget_s: int,
         plan_bookings: int, plan_due: int) -> dict:
-    from antrian.db import make_engine
-    from booking_expiry.sweep import BATCH_SIZE
+    from antrian.db.engine import make_engine
+    from booking_expiry.bookings.sweep import BATCH_SIZE
 
-    # The worker's own engine (booking_expiry.actors.configure): pre-ping, READ COMMITTED, pool of 2.
+    # The worker's own engine (booking_expiry.bookings.actors.configure): pre-ping, READ COMMITTED, pool of 2.
     worker_engine = make_engine(common.DATABASE_URL, pool_size=2)
     try:
         with worker_engine.connect():
@@ -138,12 +139,12 @@ def run(engine: Engine, *, bookings: int, tours: int, repeats: int, loop_subset:
 def _product_code() -> dict:
     """Which sweep was measured: the commit checked out and a hash of the two files as imported (they may differ
     from the commit while someone edits them)."""
-    import antrian.seats
-    import booking_expiry.sweep
+    import antrian.bookings.seats
+    import booking_expiry.bookings.sweep
 
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=common.ROOT)
     files = {module.__name__: hashlib.sha1(Path(module.__file__).read_bytes()).hexdigest()[:12]
-             for module in (booking_expiry.sweep, antrian.seats)}
+             for module in (booking_expiry.bookings.sweep, antrian.bookings.seats)}
     return {"head": head.stdout.strip(), "files_sha1": files}
 
 
@@ -253,7 +254,7 @@ def _end_state(engine: Engine, mix: dict[str, int], *, expired_due: int) -> dict
 def _timed_sweep(worker_engine: Engine, engine: Engine, batch_size: int, *, default: bool, mix: dict[str, int],
                  log_lines: bool = True, probe: bool = False) -> dict:
     """One ``sweep()`` (as ``sweep(engine)`` for the default batch size), timed from call to return."""
-    from booking_expiry.sweep import sweep
+    from booking_expiry.bookings.sweep import sweep
 
     path = common.log_path(f"booking-expiry-sweep-{batch_size}.log")
     prober = _TourProbe(f"tour-probe-{batch_size}") if probe else _nothing()
@@ -444,7 +445,7 @@ class _Captured(Exception):
 
 def _sweep_statement(engine: Engine, batch_size: int) -> tuple[str, dict]:
     """The statement ``expire_due_bookings`` sends for one batch, and its parameters, exactly as psycopg gets them."""
-    from antrian.seats import expire_due_bookings
+    from antrian.bookings.seats import expire_due_bookings
 
     captured = []
 
@@ -516,7 +517,7 @@ def _times_ms(lines: list[str]) -> tuple[float, float]:
 
 
 def _plan(engine: Engine, worker_engine: Engine, *, tours: int, total: int, due: int) -> dict:
-    from booking_expiry.sweep import BATCH_SIZE
+    from booking_expiry.bookings.sweep import BATCH_SIZE
 
     mix = _mix(total, OTHERS_2, due=due)
     common.log(f"(g) plan data: {mix} over {tours} tours")

@@ -13,9 +13,9 @@ import time
 
 from sqlalchemy import Engine, text
 
-from antrian.demo import FIRST_IDPERSON
+from antrian.amqp.publisher import ConfirmedPublisher
+from antrian.cli.demo import FIRST_IDPERSON
 from antrian.messages import SYNC_STUDENT_PAYMENT
-from antrian.publisher import ConfirmedPublisher
 
 from . import common, probes
 

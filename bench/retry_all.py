@@ -30,9 +30,9 @@ SEED = text(
 
 
 def run(engine: Engine, *, jobs: int) -> dict:
-    from antrian import failed_jobs
-    from antrian.broker import make_broker
     from antrian.config import load_settings
+    from antrian.jobs import failed_jobs
+    from antrian.runtime.broker import make_broker
 
     settings = replace(load_settings({}), database_url=common.DATABASE_URL, broker_url=common.BROKER_URL)
     broker = make_broker(settings)
@@ -70,7 +70,7 @@ def _seed(engine: Engine, jobs: int) -> None:
 def _retry_one_at_a_time(engine: Engine, broker) -> int:
     import dramatiq
 
-    from antrian.models import FailedJob
+    from antrian.db.models import FailedJob
 
     with engine.connect() as connection:
         ids = connection.execute(select(FailedJob.id).order_by(FailedJob.id)).scalars().all()

@@ -13,8 +13,8 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import Engine, text
 
-from antrian.demo import FIRST_IDPERSON
-from antrian.publisher import ConfirmedPublisher
+from antrian.amqp.publisher import ConfirmedPublisher
+from antrian.cli.demo import FIRST_IDPERSON
 
 from . import common, probes
 from .bare_actor import ACTOR as BARE_ACTOR

@@ -67,7 +67,7 @@ class Child:
 
 CHILDREN = [
     Child("dev-school-api",
-          ("dev-school-api", "--port", "{dev_port}", "--latency-ms", "50", "--transient-rate", "0.1",
+          ("python", "dev/school_api.py", "--port", "{dev_port}", "--latency-ms", "50", "--transient-rate", "0.1",
            "--permanent-rate", "0.02"),
           condition=upstream_unset, ready="http://127.0.0.1:{dev_port}/healthz"),
     Child("mail-sink",
@@ -229,9 +229,9 @@ def bookable_tour(env: Mapping[str, str]) -> int | None:
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from antrian import db
     from antrian.config import load_settings
-    from antrian.models import Tour
+    from antrian.db import engine as db
+    from antrian.db.models import Tour
 
     engine = db.make_engine(load_settings(env).database_url)
     try:

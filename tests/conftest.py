@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from antrian.migrate import upgrade
+from antrian.db.migrate import upgrade
 
 from .smtp import SmtpServer
 from .support import (
@@ -16,6 +16,7 @@ from .support import (
     BIN,
     BROKER_URL,
     DATABASE_URL,
+    ROOT,
     TEST_DATABASE,
     TEST_VHOST,
     Service,
@@ -108,7 +109,9 @@ def start_school_api(services, tmp_path):
     def start(*flags: str) -> str:
         port = free_port()
         service = Service(
-            f"school-api-{port}", [str(BIN / "dev-school-api"), "--port", str(port), *flags], base_env(), tmp_path,
+            f"school-api-{port}",
+            [str(BIN / "python"), str(ROOT / "dev" / "school_api.py"), "--port", str(port), *flags],
+            base_env(), tmp_path,
             ready_url=f"http://127.0.0.1:{port}/healthz",
         )
         services.append(service.start())

@@ -18,7 +18,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from antrian.demo import seed_students
+from antrian.cli.demo import seed_students
 
 from .bookings import book, create_tour, quota
 from .support import API_TOKEN, ROOT, base_env, free_port, show_output_if_failed, wait_until

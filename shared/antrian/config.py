@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .errors import ConfigError
+from antrian.errors import ConfigError
 
 #: Where each worker serves ``/metrics`` when ``METRICS_PORT`` is unset.
 DEFAULT_METRICS_PORTS = {"sync-worker": 9191, "mailer": 9192, "booking-expiry": 9193}

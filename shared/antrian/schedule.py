@@ -22,10 +22,10 @@ import dramatiq.errors
 from sqlalchemy import Engine, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from .config import Settings
-from .errors import DependencyUnavailable
-from .messages import EXPIRE_UNPAID_BOOKINGS, Contract
-from .models import ScheduledTaskRun
+from antrian.config import Settings
+from antrian.db.models import ScheduledTaskRun
+from antrian.errors import DependencyUnavailable
+from antrian.messages import EXPIRE_UNPAID_BOOKINGS, Contract
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from dataclasses import replace
 
 from sqlalchemy import Engine, text
 
-from antrian.broker import make_broker
 from antrian.config import load_settings
 from antrian.messages import EXPIRE_UNPAID_BOOKINGS
+from antrian.runtime.broker import make_broker
 
 from ..support import BROKER_URL, DATABASE_URL, log_events, metric  # noqa: F401 - re-exported for the tests here
 

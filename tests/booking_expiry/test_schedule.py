@@ -15,9 +15,9 @@ import requests
 from sqlalchemy import text
 
 from antrian import schedule
-from antrian.broker import make_broker
 from antrian.config import load_settings
 from antrian.errors import DependencyUnavailable
+from antrian.runtime.broker import make_broker
 
 from ..bookings import book, create_tour, quota
 from ..support import BIN, BROKER_URL, DATABASE_URL, ROOT, base_env, queue_depth, take_messages, wait_until

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, func, select, text
 
-from booking_expiry import sweep
-from mailer.deliveries import Deliveries
-from mailer.render import INVOICE, Sender
-from sync_api import payments
+from booking_expiry.bookings import sweep
+from mailer.emails.deliveries import Deliveries
+from mailer.emails.render import INVOICE, Sender
+from sync_api.bookings import payments
 
 from ..support import DATABASE_URL, wait_until
 from .helpers import add_bookings, advisory_locks, bookings_by_status, sweep_backend_waiting, tour_row_locked
@@ -30,7 +30,7 @@ def skip_lines(caplog) -> list[logging.LogRecord]:
 
 @pytest.fixture
 def logs(caplog):
-    caplog.set_level(logging.INFO, logger="booking_expiry.sweep")
+    caplog.set_level(logging.INFO, logger="booking_expiry.bookings.sweep")
     return caplog
 
 

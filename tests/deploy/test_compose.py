@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from antrian.config import DEFAULT_METRICS_PORTS, Settings, load_settings
-from antrian.workers import SHUTDOWN_TIMEOUT_MS
-from booking_expiry.actors import SWEEP_TIME_LIMIT_MS
+from antrian.runtime.workers import SHUTDOWN_TIMEOUT_MS
+from booking_expiry.bookings.actors import SWEEP_TIME_LIMIT_MS
 
 from ..support import ROOT
 from . import SETTING_NAMES

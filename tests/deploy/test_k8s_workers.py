@@ -16,15 +16,16 @@ from pathlib import Path
 import dramatiq
 import pytest
 
-import booking_expiry.limits
-import mailer.actors
+import booking_expiry.bookings.limits
+import mailer.emails.actors
 import mailer.entry
-import sync_api.actors
 import sync_api.entry
 import sync_api.gunicorn_conf
-from antrian import heartbeat, messages
+import sync_api.sync.actors
+from antrian import messages
 from antrian.config import DEFAULT_METRICS_PORTS
-from antrian.workers import SHUTDOWN_TIMEOUT_MS
+from antrian.runtime import heartbeat
+from antrian.runtime.workers import SHUTDOWN_TIMEOUT_MS
 
 from .k8s import (
     BUILDS,
@@ -47,17 +48,17 @@ from .k8s import (
 WORKERS = {
     "sync-worker": (messages.SYNC_QUEUE, sync_api.entry.WORKER_SHUTDOWN_TIMEOUT_MS),
     "mailer": (messages.EMAILS_QUEUE, mailer.entry.WORKER_SHUTDOWN_TIMEOUT_MS),
-    "booking-expiry": (messages.BOOKING_EXPIRY_QUEUE, booking_expiry.limits.SWEEP_TIME_LIMIT_MS),
+    "booking-expiry": (messages.BOOKING_EXPIRY_QUEUE, booking_expiry.bookings.limits.SWEEP_TIME_LIMIT_MS),
 }
 #: The longest time limit of the jobs each worker must let finish when it stops.
 JOB_TIME_LIMITS_MS = {
-    "sync-worker": sync_api.actors.SYNC_TIME_LIMIT_MS,
-    "mailer": mailer.actors.EMAIL_TIME_LIMIT_MS,
-    "booking-expiry": booking_expiry.limits.SWEEP_TIME_LIMIT_MS,
+    "sync-worker": sync_api.sync.actors.SYNC_TIME_LIMIT_MS,
+    "mailer": mailer.emails.actors.EMAIL_TIME_LIMIT_MS,
+    "booking-expiry": booking_expiry.bookings.limits.SWEEP_TIME_LIMIT_MS,
 }
 #: Time limits that are watchdogs, not durations to wait for at a stop: the fan-out, cut off, is requeued
-#: unacknowledged and resumes from its cursor (sync_api.fanout).
-WATCHDOG_ACTORS = {messages.FAN_OUT_SYNC_RUN.actor: sync_api.actors.FANOUT_TIME_LIMIT_MS}
+#: unacknowledged and resumes from its cursor (sync_api.sync.fanout).
+WATCHDOG_ACTORS = {messages.FAN_OUT_SYNC_RUN.actor: sync_api.sync.actors.FANOUT_TIME_LIMIT_MS}
 #: The options KEDA's rabbitmq scaler reads from a trigger's metadata (keda.sh/docs/scalers/rabbitmq-queue).
 RABBITMQ_TRIGGER_KEYS = {"host", "hostFromEnv", "protocol", "queueName", "mode", "value", "activationValue",
                          "vhostName", "useRegex", "excludeUnacknowledged", "operation", "pageSize", "unsafeSsl",
@@ -72,7 +73,7 @@ def built(request) -> list[dict]:
 
 def started(deployment: dict, monkeypatch) -> dict:
     """What the worker Deployment's container starts: its console script called with its argv, up to the
-    moment it would become dramatiq (antrian.workers.exec_worker, replaced by a recorder)."""
+    moment it would become dramatiq (antrian.runtime.workers.exec_worker, replaced by a recorder)."""
     container = the_container(deployment)
     argv = process_argv(container, compose_images()[repository(container["image"])])
     scripts = importlib.metadata.entry_points(group="console_scripts", name=argv[0])
@@ -126,7 +127,7 @@ def test_every_worker_outlives_its_longest_job_when_it_is_stopped(built, monkeyp
 
 def test_every_worker_proves_it_consumes_with_the_heartbeat_probes_of_its_own_service(built, monkeypatch):
     [script] = importlib.metadata.entry_points(group="console_scripts", name=PROBE)
-    assert script.value == "antrian.heartbeat:main", "the probe is the shared antrian package's, in every image"
+    assert script.value == "antrian.runtime.heartbeat:main", "the probe is the shared antrian package's, in every image"
     for name in WORKERS:
         container = the_container(find(built, "Deployment", name))
         service = started(find(built, "Deployment", name), monkeypatch)["service"]

@@ -22,7 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from antrian.demo import seed_students
+from antrian.cli.demo import seed_students
 
 from ..booking_expiry.helpers import add_bookings, send_sweep
 from ..bookings import book, create_tour, notification, notify

@@ -13,9 +13,9 @@ import PIL.Image
 import pytest
 import zxingcpp
 
-from mailer.bookings import BookingDetails
-from mailer.filters import rupiah, wib
-from mailer.render import ETICKET, INVOICE, Sender, message_id_for, render
+from mailer.emails.bookings import BookingDetails
+from mailer.emails.filters import rupiah, wib
+from mailer.emails.render import ETICKET, INVOICE, Sender, message_id_for, render
 
 SENDER = Sender("noreply@tours.example", "Nusantara Tours")
 BOOKING = BookingDetails(

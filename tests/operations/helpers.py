@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import requests
 from sqlalchemy import Engine, text
 
-from antrian import failed_jobs
-from antrian.keep_failed import describe
+from antrian.jobs import failed_jobs
+from antrian.jobs.keep_failed import describe
 
 from ..support import queue_depth, wait_until
 

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 from sqlalchemy import text
 
-from antrian import failed_jobs
-from antrian.keep_failed import describe
+from antrian.jobs import failed_jobs
+from antrian.jobs.keep_failed import describe
 from antrian.messages import EMAILS_QUEUE, SEND_INVOICE_EMAIL
 
 from ..support import BIN, ROOT, base_env, queue_depth, rabbitmq_stopped, wait_until

@@ -10,11 +10,11 @@ import dramatiq
 from dramatiq.middleware import Retries, TimeLimit
 from sqlalchemy import text
 
-from antrian import failed_jobs
-from antrian.broker import make_broker
 from antrian.config import load_settings
-from antrian.keep_failed import KeepFailedJobs, describe
+from antrian.jobs import failed_jobs
+from antrian.jobs.keep_failed import KeepFailedJobs, describe
 from antrian.messages import SEND_ETICKET_EMAIL
+from antrian.runtime.broker import make_broker
 
 from ..support import BROKER_URL, DATABASE_URL, take_messages
 from .helpers import failed_rows, store

@@ -5,9 +5,9 @@ booking-expiry passes its sweep's time limit itself (booking_expiry.entry)."""
 from __future__ import annotations
 
 from mailer import entry as mailer_entry
-from mailer.actors import EMAIL_TIME_LIMIT_MS
+from mailer.emails.actors import EMAIL_TIME_LIMIT_MS
 from sync_api import entry as sync_entry
-from sync_api.actors import SYNC_TIME_LIMIT_MS
+from sync_api.sync.actors import SYNC_TIME_LIMIT_MS
 
 
 def test_each_worker_waits_for_its_running_jobs_time_limit_before_it_stops():

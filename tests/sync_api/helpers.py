@@ -5,8 +5,8 @@ from __future__ import annotations
 import requests
 from sqlalchemy import Engine, text
 
-from antrian.demo import FIRST_IDPERSON
-from sync_api.dev_school_api import behaviour, payment_data
+from antrian.cli.demo import FIRST_IDPERSON
+from dev.school_api import behaviour, payment_data
 
 from ..support import wait_until
 

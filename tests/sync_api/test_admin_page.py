@@ -7,7 +7,7 @@ import re
 import requests
 from playwright.sync_api import Page, expect
 
-from antrian.demo import seed_students
+from antrian.cli.demo import seed_students
 
 from ..support import API_TOKEN
 from .helpers import expected_failures

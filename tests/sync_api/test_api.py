@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
+from antrian.cli.demo import seed_students
 from antrian.config import load_settings
-from antrian.demo import seed_students
 from sync_api import create_app
 
 from ..support import API_TOKEN, BROKER_URL, DATABASE_URL, queue_depth

@@ -10,14 +10,14 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from antrian.broker import make_broker
+from antrian.cli.demo import seed_students
 from antrian.config import load_settings
-from antrian.db import make_engine
-from antrian.demo import seed_students
+from antrian.db.engine import make_engine
 from antrian.messages import SYNC_STUDENT_PAYMENT
-from antrian.sync_runs import get_run, start_run
-from sync_api.student_sync import StudentSync
-from sync_api.upstream import SchoolApi
+from antrian.runtime.broker import make_broker
+from antrian.sync.runs import get_run, start_run
+from sync_api.sync.student_sync import StudentSync
+from sync_api.sync.upstream import SchoolApi
 
 from ..support import BROKER_URL, DATABASE_URL, queue_depth, wait_until
 from .helpers import idpersons
@@ -117,10 +117,9 @@ def test_concurrent_outcomes_for_one_student_count_once(clean, broker):
 
 def test_a_redelivery_finishes_a_run_whose_last_outcome_lost_its_finish(clean, broker, monkeypatch):
     # Given a run whose every outcome is recorded, but the worker died before the finish check
-    import sync_api.student_sync as student_sync
-    from antrian.publisher import ConfirmedPublisher
-    from sync_api import fanout
-
+    import sync_api.sync.student_sync as student_sync
+    from antrian.amqp.publisher import ConfirmedPublisher
+    from sync_api.sync import fanout
     seed_students(clean, 3)
     run = start_run(clean, broker)
     fanout.fan_out(clean, run["id"], lambda: ConfirmedPublisher(BROKER_URL))

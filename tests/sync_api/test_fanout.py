@@ -9,12 +9,12 @@ import pika
 import pytest
 from sqlalchemy import text
 
-from antrian.broker import make_broker
+from antrian.amqp.publisher import ConfirmedPublisher
+from antrian.cli.demo import seed_students
 from antrian.config import load_settings
-from antrian.demo import seed_students
-from antrian.publisher import ConfirmedPublisher
-from antrian.sync_runs import get_run, start_run
-from sync_api import fanout
+from antrian.runtime.broker import make_broker
+from antrian.sync.runs import get_run, start_run
+from sync_api.sync import fanout
 
 from ..support import BROKER_URL, DATABASE_URL, purge_queues
 from .helpers import idpersons

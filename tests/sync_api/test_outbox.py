@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
-from antrian import outbox
-from antrian.broker import make_broker
+from antrian.bookings import outbox
 from antrian.config import load_settings
-from antrian.db import make_engine
+from antrian.db.engine import make_engine
 from antrian.messages import SEND_INVOICE_EMAIL
+from antrian.runtime.broker import make_broker
 
 from ..bookings import book, create_tour
 from ..support import (

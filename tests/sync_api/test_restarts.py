@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from antrian.broker import make_broker
+from antrian.cli.demo import seed_students
 from antrian.config import load_settings
-from antrian.demo import seed_students
-from antrian.sync_runs import get_run, start_run
+from antrian.runtime.broker import make_broker
+from antrian.sync.runs import get_run, start_run
 
 from ..support import BROKER_URL, DATABASE_URL, restart_postgresql, restart_rabbitmq, wait_until
 from .helpers import assert_exact_outcome, expected_failures

@@ -10,10 +10,10 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from sqlalchemy import text
 
-from antrian.broker import make_broker
+from antrian.cli.demo import seed_students
 from antrian.config import load_settings
-from antrian.demo import seed_students
-from antrian.sync_runs import get_run, start_run
+from antrian.runtime.broker import make_broker
+from antrian.sync.runs import get_run, start_run
 
 from ..support import BROKER_URL, DATABASE_URL, queue_depth, send_json, serve, wait_until
 from .helpers import idpersons

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from antrian.demo import seed_students
+from antrian.cli.demo import seed_students
 
 from ..support import wait_until
 from .helpers import assert_exact_outcome, expected_failures, wait_for_run

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from sync_api.upstream import PermanentUpstreamError, SchoolApi, TransientUpstreamError
+from sync_api.sync.upstream import PermanentUpstreamError, SchoolApi, TransientUpstreamError
 
 from ..support import free_port, send_json, serve
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from antrian.workers import exec_worker
-
-from .limits import SWEEP_TIME_LIMIT_MS
+from antrian.runtime.workers import exec_worker
+from booking_expiry.bookings.limits import SWEEP_TIME_LIMIT_MS
 
 
 def worker() -> None:

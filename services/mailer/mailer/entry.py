@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from antrian.workers import exec_worker
+from antrian.runtime.workers import exec_worker
 
 #: How long a stopping mailer lets the emails it is sending finish: an email's whole time limit
-#: (mailer.actors.EMAIL_TIME_LIMIT_MS), so no SMTP conversation is cut off by a deploy.
+#: (mailer.emails.actors.EMAIL_TIME_LIMIT_MS), so no SMTP conversation is cut off by a deploy.
 WORKER_SHUTDOWN_TIMEOUT_MS = 120_000
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from antrian.db import is_disconnect
+from antrian.db.engine import is_disconnect
 from antrian.errors import AntrianError
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from antrian.config import Settings
-
-from .errors import EmailDeferred, EmailRefused
+from mailer.errors import EmailDeferred, EmailRefused
 
 #: Seconds an SMTP connect or reply may take; well below the actors' time limit.
 SMTP_TIMEOUT_S = 30.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dramatiq.middleware import Middleware
 from dramatiq.middleware.prometheus import Prometheus
 
-from antrian.broker import make_broker
 from antrian.config import load_settings
 from antrian.logging import configure_logging
+from antrian.runtime.broker import make_broker
 
 
 class CloseSmtpConnections(Middleware):
@@ -21,6 +21,6 @@ settings = load_settings()
 configure_logging("mailer", settings.log_level)
 broker = make_broker(settings, extra_middleware=[Prometheus(), CloseSmtpConnections()])
 
-from . import actors  # noqa: E402 - actors bind to the broker made just above
+from mailer import actors  # noqa: E402 - actors bind to the broker made just above
 
 actors.configure(settings)

@@ -9,7 +9,7 @@ from flask import Flask
 
 from antrian.config import Settings
 from antrian.logging import configure_logging
-from antrian.startup import settings_or_exit
+from antrian.runtime.startup import settings_or_exit
 
 #: The largest request body any route accepts (413 above it).
 MAX_BODY_BYTES = 64 * 1024
@@ -39,8 +39,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
 
-    from . import admin, bookings_api, errors, extensions, health, http_metrics, jobs_api, payments_api, sync_runs_api
-
+    from sync_api.bookings import api as bookings_api
+    from sync_api.bookings import payments_api
+    from sync_api.jobs import api as jobs_api
+    from sync_api.sync import api as sync_runs_api
+    from sync_api.web import admin, errors, extensions, health, http_metrics
     extensions.init_app(app)
     errors.init_app(app)
     http_metrics.init_app(app)

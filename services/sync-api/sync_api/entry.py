@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-from antrian.startup import settings_or_exit
-from antrian.workers import exec_worker
+from antrian.runtime.startup import settings_or_exit
+from antrian.runtime.workers import exec_worker
 
 #: How long a stopping sync-worker lets its running jobs finish: a student's job's whole time limit
-#: (sync_api.actors.SYNC_TIME_LIMIT_MS). A fan-out still running then is requeued and resumes from its cursor.
+#: (sync_api.sync.actors.SYNC_TIME_LIMIT_MS). A fan-out still running then is requeued and resumes from its cursor.
 WORKER_SHUTDOWN_TIMEOUT_MS = 60_000
 
 

@@ -40,9 +40,8 @@ def child_exit(server, worker) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """Each web process relays the outbox its requests write (see sync_api.relay)."""
-    from sync_api import relay
-
+    """Each web process relays the outbox its requests write (see sync_api.bookings.relay)."""
+    from sync_api.bookings import relay
     worker.outbox_relay_stop = relay.start(worker.wsgi)
 
 

@@ -1,0 +1,1 @@
+"""The expiry sweep: its actor, the sweep that expires unpaid bookings, its metrics."""

@@ -1,0 +1,99 @@
+"""The Dramatiq actors of queue ``emails``.
+
+Retries follow SPEC: 3 attempts in all, with a short backoff, and only for what another attempt
+can fix (a 4xx reply, a lost SMTP or database connection, the time limit). A permanent failure
+(a 5xx refusal, an unknown booking, an e-ticket for an unpaid booking) is dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from antrian.config import Settings, load_settings
+from antrian.db.engine import make_engine
+from antrian.messages import EMAILS_QUEUE, SEND_ETICKET_EMAIL, SEND_INVOICE_EMAIL
+from mailer.emails.deliveries import Deliveries
+from mailer.emails.metrics import EMAILS
+from mailer.emails.render import ETICKET, INVOICE, Sender
+from mailer.errors import EmailDeferred, PermanentFailure, is_transient
+from mailer.transport import make_transport
+
+#: Retries after the first attempt: 3 attempts in all.
+MAX_RETRIES = 2
+#: Exponential backoff between attempts, in milliseconds (kept short: delayed messages wait in memory).
+MIN_BACKOFF_MS, MAX_BACKOFF_MS = 1_000, 10_000
+EMAIL_TIME_LIMIT_MS = 120_000
+
+_deliveries: Deliveries | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Build this process's engine, transport and deliveries from ``settings``."""
+    global _deliveries
+    # Not autocommit: a delivery holds its row lock in a transaction while the email is sent.
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size or 5)
+    sender = Sender(settings.mail_from_address, settings.mail_from_name)
+    _deliveries = Deliveries(engine=engine, transport=make_transport(settings), sender=sender)
+
+
+def deliveries() -> Deliveries:
+    if _deliveries is None:
+        configure(load_settings())
+    return _deliveries
+
+
+def close_transport() -> None:
+    """Release what the calling worker thread holds on the transport (its SMTP connection)."""
+    if _deliveries is not None:
+        _deliveries.transport.close()
+
+
+def _should_retry(retries: int, exception: BaseException) -> bool:
+    return retries < MAX_RETRIES and is_transient(exception)
+
+
+_OPTIONS = dict(
+    queue_name=EMAILS_QUEUE,
+    retry_when=_should_retry,
+    min_backoff=MIN_BACKOFF_MS,
+    max_backoff=MAX_BACKOFF_MS,
+    time_limit=EMAIL_TIME_LIMIT_MS,
+    throws=(PermanentFailure,),
+)
+
+
+@dramatiq.actor(actor_name=SEND_INVOICE_EMAIL.actor, **_OPTIONS)
+def send_invoice_email(booking_id: int) -> None:
+    """Send the booking's invoice, with its payment deadline, once."""
+    _deliver(booking_id, INVOICE)
+
+
+@dramatiq.actor(actor_name=SEND_ETICKET_EMAIL.actor, **_OPTIONS)
+def send_eticket_email(booking_id: int) -> None:
+    """Send the paid booking's e-ticket, with a QR code of its code, once."""
+    _deliver(booking_id, ETICKET)
+
+
+def _deliver(booking_id: int, kind: str) -> None:
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message is not None else 0
+    final_attempt = retries >= MAX_RETRIES
+    try:
+        result = deliveries().deliver(booking_id, kind, final_attempt=final_attempt)
+    except PermanentFailure:
+        # Logged where it was found; ``throws`` makes Dramatiq dead-letter it without a traceback.
+        EMAILS.labels(kind, "failed").inc()
+        raise
+    except EmailDeferred as exc:
+        if final_attempt:
+            EMAILS.labels(kind, "failed").inc()
+            raise
+        EMAILS.labels(kind, "retry").inc()
+        # Retry is Dramatiq's quiet way to ask for another attempt (no traceback in the log).
+        raise dramatiq.Retry(f"{kind} for booking {booking_id}: {exc}") from exc
+    except BaseException as exc:
+        # Database lost for longer than retry_on_disconnect waits, the time limit, or a bug.
+        EMAILS.labels(kind, "retry" if _should_retry(retries, exc) else "failed").inc()
+        raise
+    EMAILS.labels(kind, result).inc()

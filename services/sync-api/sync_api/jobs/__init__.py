@@ -1,0 +1,1 @@
+"""Failed jobs and queues over HTTP: list, show, retry, flush, queue depths."""

@@ -1,0 +1,83 @@
+"""``/admin/``: token login, the student payment sync page with its live progress, and the jobs page."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, redirect, render_template, request, session, url_for
+
+from antrian.jobs import queue_stats
+from antrian.sync import runs as sync_runs
+from sync_api.sync.api import start_run_response
+from sync_api.web import auth
+from sync_api.web.extensions import get_engine
+from sync_api.web.pagination import page
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+#: What ``/admin/sync-pembayaran/progress`` answers before any run (the old admin page's shape).
+_NO_RUN = {"total": 0, "processed": 0, "failed": 0, "percent": 0.0, "isRunning": False, "successCount": 0}
+
+
+def _safe_next(target: str | None) -> str:
+    return target if target and target.startswith("/admin/") and not target.startswith("//") else url_for(
+        "admin.sync_page"
+    )
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    next_url = _safe_next(request.values.get("next"))
+    if request.method == "POST":
+        if auth.token_is_valid(request.form.get("token")):
+            session.clear()
+            session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME
+            session["admin"] = True
+            return redirect(next_url)
+        return render_template("login.html", next=next_url, error="That token is not right."), 401
+    return render_template("login.html", next=next_url, error=None)
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    return redirect(url_for("admin.login"))
+
+
+@bp.get("/sync-pembayaran")
+def sync_page():
+    if not auth.is_authenticated():
+        return redirect(url_for("admin.login", next=request.path))
+    return render_template("sync_pembayaran.html")
+
+
+@bp.get("/jobs")
+def jobs_page():
+    """Queues and failed jobs, live; its scripts call ``/api/queues`` and ``/api/jobs/failed`` with the session."""
+    if not auth.is_authenticated():
+        return redirect(url_for("admin.login", next=request.path))
+    return render_template("jobs.html", queues=queue_stats.SPEC_QUEUES)
+
+
+@bp.get("/sync-pembayaran/progress")
+@auth.login_required_json
+def progress():
+    run = sync_runs.latest_run(get_engine())
+    if run is None:
+        return jsonify(_NO_RUN)
+    return jsonify({key: run[key] for key in ("id", *_NO_RUN)})
+
+
+@bp.post("/sync-pembayaran/start")
+@auth.login_required_json
+def start():
+    return start_run_response()
+
+
+@bp.get("/sync-pembayaran/failures")
+@auth.login_required_json
+def failures():
+    limit, offset = page()
+    run = sync_runs.latest_run(get_engine())
+    if run is None:
+        return jsonify({"items": [], "total": 0})
+    items, total = sync_runs.list_failures(get_engine(), run["id"], limit=limit, offset=offset)
+    return jsonify({"items": items, "total": total, "run_id": run["id"]})

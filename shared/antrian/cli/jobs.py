@@ -1,0 +1,168 @@
+"""``antrian jobs`` and ``antrian queues``: Laravel's queue:failed, queue:retry, queue:flush and queue:monitor."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from antrian.db import engine as db
+from antrian.jobs import failed_jobs
+from antrian.jobs.queue_stats import SPEC_QUEUES
+from antrian.runtime.startup import guarded, settings_or_exit
+
+#: Characters of an exception shown per line of ``antrian jobs failed``.
+EXCEPTION_WIDTH = 70
+
+
+def _queue_option(help_text: str):
+    return click.option("--queue", "queue", type=click.Choice(SPEC_QUEUES), help=help_text)
+
+
+@click.group()
+def jobs() -> None:
+    """Failed jobs: list them, retry them, flush them."""
+
+
+@jobs.command("failed")
+@_queue_option("Only this queue's failed jobs.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per failed job, traceback included.")
+def failed(queue: str | None, limit: int, as_json: bool) -> None:
+    """List failed jobs, newest first: what failed and why."""
+    settings = settings_or_exit("antrian jobs failed", broker=False)
+    engine = db.make_engine(settings.database_url)
+    items, total = guarded("antrian jobs failed", lambda: failed_jobs.list_failed(engine, queue=queue, limit=limit))
+    if as_json:
+        for item in items:
+            click.echo(json.dumps(item))
+        return
+    if not items:
+        click.echo("no failed jobs")
+        return
+    rows = [(str(i["id"]), i["queue"], f"{i['actor']}({_args(i['args'])})", str(i["attempts"]),
+             i["failed_at"][:19].replace("T", " "), _clip(i["exception"])) for i in items]
+    _table(("ID", "QUEUE", "JOB", "ATTEMPTS", "FAILED AT (UTC)", "EXCEPTION"), rows)
+    shown = f"{len(items)} of {total}" if total > len(items) else str(total)
+    click.echo(f"{shown} failed job{'s' if total != 1 else ''}; `antrian jobs show ID` prints one's traceback")
+
+
+@jobs.command("show")
+@click.argument("job_id", type=click.IntRange(min=1))
+def show(job_id: int) -> None:
+    """Print one failed job in full, with its traceback."""
+    settings = settings_or_exit("antrian jobs show", broker=False)
+    engine = db.make_engine(settings.database_url)
+    job = _or_exit("antrian jobs show", lambda: failed_jobs.get(engine, job_id))
+    for key in ("id", "message_id", "queue", "actor", "args", "kwargs", "attempts", "worker", "enqueued_at",
+                "failed_at", "exception"):
+        click.echo(f"{key + ':':<12} {job[key]}")
+    click.echo(job["traceback"].rstrip())
+
+
+@jobs.command("retry")
+@click.argument("job_ids", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "retry_all", is_flag=True, help="Retry every failed job (of --queue only, if given).")
+@_queue_option("With --all: only this queue's failed jobs.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=failed_jobs.RETRY_BATCH, show_default=True,
+              help="With --all: jobs published per transaction, each batch confirmed by RabbitMQ.")
+def retry(job_ids: tuple[int, ...], retry_all: bool, queue: str | None, batch_size: int) -> None:
+    """Put failed jobs back on their queues, each with a fresh attempt count."""
+    if bool(job_ids) == retry_all:
+        raise click.UsageError("give failed job IDs or --all, not both and not neither")
+    if queue and not retry_all:
+        raise click.UsageError("--queue goes with --all")
+    from antrian.runtime.broker import make_broker
+
+    program = "antrian jobs retry"
+    settings = settings_or_exit(program)
+    engine, broker = db.make_engine(settings.database_url), make_broker(settings)
+    try:
+        if retry_all:
+            count = _or_exit(program, lambda: failed_jobs.retry(engine, broker, settings.broker_url, queue=queue,
+                                                                 source="cli", batch_size=batch_size))
+            click.echo(f"retried {_failed_jobs(count)}")
+            return
+        for job_id in job_ids:
+            _or_exit(program, lambda job_id=job_id: failed_jobs.retry(engine, broker, settings.broker_url,
+                                                                      job_id=job_id, source="cli"))
+            click.echo(f"retried failed job {job_id}")
+    finally:
+        broker.close()
+
+
+@jobs.command("flush")
+@_queue_option("Only this queue's failed jobs.")
+@click.option("--older-than", "older_than", metavar="AGE", help="Only jobs failed longer ago than AGE (7d, 12h, 30m).")
+def flush(queue: str | None, older_than: str | None) -> None:
+    """Delete failed jobs for good."""
+    try:
+        age = failed_jobs.parse_age(older_than) if older_than is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    settings = settings_or_exit("antrian jobs flush", broker=False)
+    engine = db.make_engine(settings.database_url)
+    count = guarded("antrian jobs flush",
+                    lambda: failed_jobs.flush(engine, queue=queue, older_than=age, source="cli"))
+    click.echo(f"flushed {_failed_jobs(count)}")
+
+
+@click.command()
+@click.option("--watch", type=click.FloatRange(min=0.5), metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C.")
+def queues(watch: float | None) -> None:
+    """Each queue's ready, unacknowledged, delayed and failed messages, its consumers and rates."""
+    from antrian.jobs import queue_stats
+    settings = settings_or_exit("antrian queues", broker=False)
+    engine = db.make_engine(settings.database_url)
+
+    def table() -> None:
+        stats = guarded("antrian queues", lambda: queue_stats.collect(settings, engine))
+        rows = [(s.name, _n(s.ready), _n(s.unacknowledged), _n(s.delayed), str(s.dead_lettered), _n(s.consumers),
+                 _n(s.publish_rate), _n(s.ack_rate)) for s in stats]
+        _table(("QUEUE", "READY", "UNACKED", "DELAYED", "FAILED", "CONSUMERS", "IN/S", "OUT/S"), rows)
+        if stats and stats[0].source == "amqp":
+            click.echo("(RabbitMQ's management API is unreachable: no unacknowledged counts, delays or rates)")
+
+    if watch is None:
+        table()
+        return
+    try:
+        while True:
+            click.clear()
+            click.echo(time.strftime("%H:%M:%S") + f"  every {watch:g}s, Ctrl-C stops")
+            table()
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        pass
+
+
+def _or_exit(program: str, work):
+    """Run ``work``; a failed job that is not stored ends the command with one line and exit code 1."""
+    try:
+        return guarded(program, work)
+    except failed_jobs.FailedJobNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _failed_jobs(count: int) -> str:
+    return f"{count} failed job{'s' if count != 1 else ''}"
+
+
+def _args(args: list) -> str:
+    return ", ".join(json.dumps(arg) for arg in args)
+
+
+def _clip(text: str) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= EXCEPTION_WIDTH else line[: EXCEPTION_WIDTH - 1] + "…"
+
+
+def _n(value) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,1 @@
+"""The database: engines and disconnect retries, the models (every table), and the migrations."""

@@ -1,0 +1,32 @@
+"""Alembic environment: migrations run under an advisory lock, so two replicas never race."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import text
+
+from antrian.db.engine import make_engine
+from antrian.db.models import Base
+
+#: Key of the advisory lock held while migrating (any fixed number; "antrian" in ASCII).
+MIGRATION_LOCK_KEY = 0x616E747269616E
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(config.get_main_option("sqlalchemy.url"), pool_size=1, max_overflow=0)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        connection.commit()
+        try:
+            context.configure(connection=connection, target_metadata=Base.metadata)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+    engine.dispose()
+
+
+run_migrations_online()

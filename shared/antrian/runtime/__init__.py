@@ -1,0 +1,1 @@
+"""How a process starts: settings checked, the broker made, a worker booted, its heartbeat."""

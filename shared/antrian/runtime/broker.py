@@ -1,0 +1,49 @@
+"""Dramatiq's RabbitmqBroker, set up once per process with publisher confirms."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
+
+from antrian.amqp.connection import with_heartbeat
+from antrian.config import Settings
+from antrian.jobs.keep_failed import KeepFailedJobs
+from antrian.runtime import heartbeat
+
+
+class Heartbeat(Middleware):
+    """Each worker process beats for the Kubernetes probes while its threads live (:mod:`antrian.runtime.heartbeat`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._beating: heartbeat.Beating | None = None
+
+    def after_worker_boot(self, broker, worker):
+        self._beating = heartbeat.Beating(self.path, worker)
+        self._beating.start()
+
+    def before_worker_shutdown(self, broker, worker):
+        if self._beating is not None:
+            self._beating.stopped.set()
+
+
+def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None = None) -> RabbitmqBroker:
+    """Build the broker every antrian process uses and make it Dramatiq's global broker.
+
+    Publisher confirms are on: ``send`` returns only once RabbitMQ has the message. A message that
+    runs out of attempts is kept in ``failed_jobs`` (see :mod:`antrian.jobs.keep_failed`).
+    """
+    middleware = [factory() for factory in default_middleware]
+    # First, so that its after-hooks run last: after Retries has given up, after TimeLimit stopped its timer.
+    middleware.insert(0, KeepFailedJobs(settings.database_url, settings.broker_url))
+    middleware.append(CurrentMessage())
+    if os.environ.get(heartbeat.ENV):  # a worker started by antrian.runtime.workers.exec_worker
+        middleware.append(Heartbeat(Path(os.environ[heartbeat.ENV])))
+    middleware.extend(extra_middleware or [])
+    broker = RabbitmqBroker(url=with_heartbeat(settings.broker_url), confirm_delivery=True, middleware=middleware)
+    dramatiq.set_broker(broker)
+    return broker

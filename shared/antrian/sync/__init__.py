@@ -1,0 +1,1 @@
+"""Sync runs: starting one, counting each student's outcome once, finishing it."""

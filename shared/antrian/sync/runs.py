@@ -1,0 +1,131 @@
+"""Starting and reading student payment sync runs (the web API and the ``antrian`` command share this)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import dramatiq
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from antrian.errors import RunAlreadyRunning
+from antrian.messages import FAN_OUT_SYNC_RUN
+
+#: Shards of a run's counts (see :class:`antrian.db.models.SyncRunCount`).
+SHARDS = 64
+
+_RUN_COLUMNS = "id, status, total, started_at, finished_at"
+_RUN_WITH_COUNTS = """
+    SELECT r.id, r.status, r.total, r.started_at, r.finished_at,
+           coalesce(sum(c.processed), 0) AS processed, coalesce(sum(c.failed), 0) AS failed
+    FROM sync_runs r LEFT JOIN sync_run_counts c ON c.run_id = r.id
+    WHERE {where} GROUP BY r.id"""
+_CREATE_SHARDS = text(
+    "INSERT INTO sync_run_counts (run_id, shard) SELECT :run_id, shard FROM generate_series(0, :last) AS shard"
+)
+# Finishes the run when every student has an outcome. Run it after the outcome's commit: the last
+# of two concurrent outcomes then sees both, and the row lock lets only one of them finish it.
+_FINISH_IF_COMPLETE = text(
+    """UPDATE sync_runs SET status = 'finished', finished_at = now()
+       WHERE id = :run_id AND status = 'running' AND items_recorded
+         AND total <= (SELECT coalesce(sum(processed), 0) FROM sync_run_counts WHERE run_id = :run_id)
+       RETURNING id"""
+)
+
+
+def shard_of(idperson: int) -> int:
+    """The count shard a student's outcome goes to (PostgreSQL: ``abs(idperson) % SHARDS``)."""
+    return abs(idperson) % SHARDS
+
+
+def start_run(engine: Engine, broker: dramatiq.Broker) -> dict[str, Any]:
+    """Record a run over every student there is now and queue its fan-out; return the run.
+
+    The fan-out message is confirmed by RabbitMQ before the run commits, so a committed run
+    always has its fan-out; if the commit fails, the fan-out finds no run and does nothing.
+    Raises :class:`RunAlreadyRunning` when a run is still going.
+    """
+    try:
+        with engine.begin() as connection:
+            row = connection.execute(
+                text(
+                    f"""INSERT INTO sync_runs (total, last_student_id)
+                        SELECT count(*), coalesce(max(id), 0) FROM students
+                        RETURNING {_RUN_COLUMNS}, 0 AS processed, 0 AS failed"""
+                )
+            ).one()
+            connection.execute(_CREATE_SHARDS, {"run_id": row.id, "last": SHARDS - 1})
+            FAN_OUT_SYNC_RUN.send(broker, row.id)
+    except IntegrityError as exc:
+        if "sync_runs_one_running" not in str(exc.orig):
+            raise
+        running = latest_run(engine)
+        raise RunAlreadyRunning(running["id"] if running else 0) from None
+    return _present(row._mapping)
+
+
+def get_run(engine: Engine, run_id: int) -> dict[str, Any] | None:
+    with engine.connect() as connection:
+        row = connection.execute(text(_RUN_WITH_COUNTS.format(where="r.id = :id")), {"id": run_id}).one_or_none()
+    return None if row is None else _present(row._mapping)
+
+
+def latest_run(engine: Engine) -> dict[str, Any] | None:
+    with engine.connect() as connection:
+        row = connection.execute(
+            text(_RUN_WITH_COUNTS.format(where="r.id = (SELECT max(id) FROM sync_runs)"))
+        ).one_or_none()
+    return None if row is None else _present(row._mapping)
+
+
+def finish_if_complete(connection: Connection, run_id: int) -> bool:
+    """Mark the run finished if its last student has an outcome; True if this call finished it."""
+    return connection.execute(_FINISH_IF_COMPLETE, {"run_id": run_id}).first() is not None
+
+
+def list_failures(engine: Engine, run_id: int, *, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The run's failed students with the last error of each, and how many there are."""
+    with engine.connect() as connection:
+        total = connection.execute(
+            text("SELECT count(*) FROM sync_items WHERE run_id = :id AND status = 'failed'"), {"id": run_id}
+        ).scalar_one()
+        rows = connection.execute(
+            text(
+                """SELECT i.idperson, s.name, i.error, i.finished_at
+                   FROM sync_items i LEFT JOIN students s ON s.idperson = i.idperson
+                   WHERE i.run_id = :id AND i.status = 'failed'
+                   ORDER BY i.idperson LIMIT :limit OFFSET :offset"""
+            ),
+            {"id": run_id, "limit": limit, "offset": offset},
+        ).all()
+    items = [
+        {"idperson": r.idperson, "name": r.name, "error": r.error, "failed_at": _iso(r.finished_at)} for r in rows
+    ]
+    return items, total
+
+
+def _present(row: Any) -> dict[str, Any]:
+    """A run in the API's shape (the old admin page's names included)."""
+    total, processed, failed = row["total"], row["processed"], row["failed"]
+    running = row["status"] == "running"
+    if total:
+        percent = round(processed * 100.0 / total, 2)
+    else:
+        percent = 0.0 if running else 100.0
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "total": total,
+        "processed": processed,
+        "failed": failed,
+        "successCount": processed - failed,
+        "percent": percent,
+        "isRunning": running,
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
