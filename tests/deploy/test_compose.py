@@ -16,10 +16,12 @@ import yaml
 
 from antrian.config import DEFAULT_METRICS_PORTS, Settings, load_settings
 from antrian.runtime.workers import SHUTDOWN_TIMEOUT_MS
-from booking_expiry.bookings.actors import SWEEP_TIME_LIMIT_MS
+from booking_expiry.bookings.retries import SWEEP
+from tests.deploy import SETTING_NAMES
+from tests.support import ROOT
 
-from ..support import ROOT
-from . import SETTING_NAMES
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
 
 COMPOSE = ROOT / "docker-compose.yml"
 DEPLOY = ROOT / "deploy" / "compose"
@@ -200,7 +202,7 @@ def test_booking_expiry_and_its_scheduler_run_from_one_image(services):
     assert f"127.0.0.1:{port}:{port}" in worker["ports"]
     assert "EXPIRY_SWEEP_SECONDS" in scheduler["environment"]
     # Stopping the worker lets a sweep run out its time limit; every worker outlasts Dramatiq's shutdown
-    assert seconds(worker["stop_grace_period"]) > SWEEP_TIME_LIMIT_MS / 1000
+    assert seconds(worker["stop_grace_period"]) > SWEEP.time_limit_ms / 1000
     for name in ("sync-worker", "mailer", "booking-expiry"):
         assert seconds(services[name]["stop_grace_period"]) > SHUTDOWN_TIMEOUT_MS / 1000, name
 

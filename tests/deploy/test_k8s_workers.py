@@ -4,8 +4,10 @@ where its metrics are scraped. In the base and in every overlay."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,18 +18,18 @@ from pathlib import Path
 import dramatiq
 import pytest
 
-import booking_expiry.bookings.limits
-import mailer.emails.actors
+import booking_expiry.bookings.retries
+import booking_expiry.entry
+import mailer.emails.retries
 import mailer.entry
 import sync_api.entry
 import sync_api.gunicorn_conf
-import sync_api.sync.actors
+import sync_api.sync.retries
 from antrian import messages
 from antrian.config import DEFAULT_METRICS_PORTS
 from antrian.runtime import heartbeat
 from antrian.runtime.workers import SHUTDOWN_TIMEOUT_MS
-
-from .k8s import (
+from tests.deploy.k8s import (
     BUILDS,
     NAME_LABEL,
     SECRET_NAME,
@@ -44,21 +46,24 @@ from .k8s import (
     the_container,
 )
 
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
+
 #: Each worker Deployment, the queue it consumes (antrian.messages) and its shutdown timeout, in ms.
 WORKERS = {
     "sync-worker": (messages.SYNC_QUEUE, sync_api.entry.WORKER_SHUTDOWN_TIMEOUT_MS),
     "mailer": (messages.EMAILS_QUEUE, mailer.entry.WORKER_SHUTDOWN_TIMEOUT_MS),
-    "booking-expiry": (messages.BOOKING_EXPIRY_QUEUE, booking_expiry.bookings.limits.SWEEP_TIME_LIMIT_MS),
+    "booking-expiry": (messages.BOOKING_EXPIRY_QUEUE, booking_expiry.entry.WORKER_SHUTDOWN_TIMEOUT_MS),
 }
 #: The longest time limit of the jobs each worker must let finish when it stops.
 JOB_TIME_LIMITS_MS = {
-    "sync-worker": sync_api.sync.actors.SYNC_TIME_LIMIT_MS,
-    "mailer": mailer.emails.actors.EMAIL_TIME_LIMIT_MS,
-    "booking-expiry": booking_expiry.bookings.limits.SWEEP_TIME_LIMIT_MS,
+    "sync-worker": sync_api.sync.retries.STUDENT.time_limit_ms,
+    "mailer": mailer.emails.retries.EMAIL.time_limit_ms,
+    "booking-expiry": booking_expiry.bookings.retries.SWEEP.time_limit_ms,
 }
 #: Time limits that are watchdogs, not durations to wait for at a stop: the fan-out, cut off, is requeued
 #: unacknowledged and resumes from its cursor (sync_api.sync.fanout).
-WATCHDOG_ACTORS = {messages.FAN_OUT_SYNC_RUN.actor: sync_api.sync.actors.FANOUT_TIME_LIMIT_MS}
+WATCHDOG_ACTORS = {messages.FAN_OUT_SYNC_RUN.actor: sync_api.sync.retries.FAN_OUT.time_limit_ms}
 #: The options KEDA's rabbitmq scaler reads from a trigger's metadata (keda.sh/docs/scalers/rabbitmq-queue).
 RABBITMQ_TRIGGER_KEYS = {"host", "hostFromEnv", "protocol", "queueName", "mode", "value", "activationValue",
                          "vhostName", "useRegex", "excludeUnacknowledged", "operation", "pageSize", "unsafeSsl",
@@ -93,8 +98,11 @@ def started(deployment: dict, monkeypatch) -> dict:
 
 
 def consumed(worker_module: str) -> dict[str, dramatiq.Actor]:
-    """The actors a worker's broker module loads (its package's actors module), by actor name."""
-    actors = importlib.import_module(worker_module.rsplit(".", 1)[0] + ".actors")
+    """The actors a worker's broker module loads (the module it names to ``boot``), by actor name."""
+    source = importlib.util.find_spec(worker_module).origin
+    [boot] = [node for node in ast.walk(ast.parse(Path(source).read_text()))
+              if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "boot"]
+    actors = importlib.import_module(boot.args[1].value)
     return {actor.actor_name: actor for actor in vars(actors).values() if isinstance(actor, dramatiq.Actor)}
 
 

@@ -7,7 +7,11 @@ import pytest
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from mailer.errors import BookingNotFound, BookingNotPaid, EmailDeferred, EmailRefused, is_transient
+from mailer.emails.retries import EMAIL
+from mailer.errors import BookingNotFound, BookingNotPaid, EmailDeferred, EmailRefused
+
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
 
 
 @pytest.mark.parametrize(
@@ -21,7 +25,7 @@ from mailer.errors import BookingNotFound, BookingNotPaid, EmailDeferred, EmailR
     ],
 )
 def test_transient(failure):
-    assert is_transient(failure)
+    assert EMAIL.is_transient(failure)
 
 
 @pytest.mark.parametrize(
@@ -35,4 +39,4 @@ def test_transient(failure):
     ],
 )
 def test_permanent(failure):
-    assert not is_transient(failure)
+    assert not EMAIL.is_transient(failure)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 
 from antrian.runtime.workers import exec_worker
-from booking_expiry.bookings.limits import SWEEP_TIME_LIMIT_MS
+from booking_expiry.bookings.retries import SWEEP
+
+#: How long a stopping worker lets a running sweep finish: its whole time limit.
+WORKER_SHUTDOWN_TIMEOUT_MS = SWEEP.time_limit_ms
 
 
 def worker() -> None:
     """Run the Dramatiq worker of queue booking-expiry; extra arguments go to dramatiq."""
-    # A stopping worker lets a running sweep finish (its time limit) rather than cut it off: the
-    # deployment's grace period is longer still.
-    exec_worker("booking-expiry", "booking_expiry.worker", sys.argv[1:], shutdown_timeout_ms=SWEEP_TIME_LIMIT_MS)
+    # The deployment's grace period is longer still than the sweep's time limit.
+    exec_worker("booking-expiry", "booking_expiry.worker", sys.argv[1:], shutdown_timeout_ms=WORKER_SHUTDOWN_TIMEOUT_MS)
 
 
 def scheduler() -> None:

@@ -1,17 +1,5 @@
 """booking-expiry's broker module, loaded by ``dramatiq booking_expiry.worker`` in every worker process."""
 
-from __future__ import annotations
+from antrian.runtime.workers import boot
 
-from dramatiq.middleware.prometheus import Prometheus
-
-from antrian.config import load_settings
-from antrian.logging import configure_logging
-from antrian.runtime.broker import make_broker
-
-settings = load_settings()
-configure_logging("booking-expiry", settings.log_level)
-broker = make_broker(settings, extra_middleware=[Prometheus()])
-
-from booking_expiry import actors  # noqa: E402 - actors bind to the broker made just above
-
-actors.configure(settings)
+broker = boot("booking-expiry", "booking_expiry.bookings.actors")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 
 from antrian.runtime.workers import exec_worker
+from mailer.emails.retries import EMAIL
 
-#: How long a stopping mailer lets the emails it is sending finish: an email's whole time limit
-#: (mailer.emails.actors.EMAIL_TIME_LIMIT_MS), so no SMTP conversation is cut off by a deploy.
-WORKER_SHUTDOWN_TIMEOUT_MS = 120_000
+#: How long a stopping mailer lets the emails it is sending finish: an email's whole time limit, so no
+#: SMTP conversation is cut off by a deploy.
+WORKER_SHUTDOWN_TIMEOUT_MS = EMAIL.time_limit_ms
 
 
 def worker() -> None:

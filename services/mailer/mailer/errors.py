@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import dramatiq
-from dramatiq.middleware.time_limit import TimeLimitExceeded
-
-from antrian.db.engine import is_disconnect
 from antrian.errors import AntrianError
 
 
@@ -39,8 +35,3 @@ class EmailDeferred(EmailNotSent):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
-
-
-def is_transient(exception: BaseException) -> bool:
-    """True when another attempt may succeed: a deferral, a database disconnect, or the time limit."""
-    return isinstance(exception, (EmailDeferred, dramatiq.Retry, TimeLimitExceeded)) or is_disconnect(exception)

@@ -7,10 +7,11 @@ import sys
 
 from antrian.runtime.startup import settings_or_exit
 from antrian.runtime.workers import exec_worker
+from sync_api.sync.retries import STUDENT
 
-#: How long a stopping sync-worker lets its running jobs finish: a student's job's whole time limit
-#: (sync_api.sync.actors.SYNC_TIME_LIMIT_MS). A fan-out still running then is requeued and resumes from its cursor.
-WORKER_SHUTDOWN_TIMEOUT_MS = 60_000
+#: How long a stopping sync-worker lets its running jobs finish: a student's job's whole time limit.
+#: A fan-out still running then is requeued and resumes from its cursor (its time limit is a watchdog).
+WORKER_SHUTDOWN_TIMEOUT_MS = STUDENT.time_limit_ms
 
 
 def web() -> None:

@@ -9,28 +9,25 @@ from antrian.config import Settings, load_settings
 from antrian.db.engine import make_engine
 from antrian.messages import BOOKING_EXPIRY_QUEUE, EXPIRE_UNPAID_BOOKINGS
 from booking_expiry.bookings import sweep
-from booking_expiry.bookings.limits import SWEEP_TIME_LIMIT_MS
+from booking_expiry.bookings.retries import SWEEP
 
 _engine: Engine | None = None
 
 
 def configure(settings: Settings) -> None:
     global _engine
-    _engine = make_engine(settings.database_url, pool_size=settings.db_pool_size or 2)
+    _engine = make_engine(settings.database_url, pool_size=settings.db_pool_size_for("booking-expiry"))
 
 
 def engine() -> Engine:
     if _engine is None:
         configure(load_settings())
+    if _engine is None:  # configure() always sets it: this only tells the type checker so
+        raise RuntimeError("configure() did not make the engine")
     return _engine
 
 
-@dramatiq.actor(
-    actor_name=EXPIRE_UNPAID_BOOKINGS.actor,
-    queue_name=BOOKING_EXPIRY_QUEUE,
-    max_retries=0,
-    time_limit=SWEEP_TIME_LIMIT_MS,
-)
+@dramatiq.actor(actor_name=EXPIRE_UNPAID_BOOKINGS.actor, queue_name=BOOKING_EXPIRY_QUEUE, **SWEEP.actor_options())
 def expire_unpaid_bookings() -> None:
     """Expire every pending booking past its deadline and give its seats back (skips if a sweep is running)."""
     sweep.sweep(engine())

@@ -1,8 +1,6 @@
-"""The Dramatiq actors of queue ``emails``.
+"""The Dramatiq actors of queue ``emails``: a booking's invoice and its e-ticket, each sent once.
 
-Retries follow SPEC: 3 attempts in all, with a short backoff, and only for what another attempt
-can fix (a 4xx reply, a lost SMTP or database connection, the time limit). A permanent failure
-(a 5xx refusal, an unknown booking, an e-ticket for an unpaid booking) is dead-lettered at once.
+Retries follow :data:`mailer.emails.retries.EMAIL`.
 """
 
 from __future__ import annotations
@@ -16,14 +14,9 @@ from antrian.messages import EMAILS_QUEUE, SEND_ETICKET_EMAIL, SEND_INVOICE_EMAI
 from mailer.emails.deliveries import Deliveries
 from mailer.emails.metrics import EMAILS
 from mailer.emails.render import ETICKET, INVOICE, Sender
-from mailer.errors import EmailDeferred, PermanentFailure, is_transient
+from mailer.emails.retries import EMAIL
+from mailer.errors import EmailDeferred, PermanentFailure
 from mailer.transport import make_transport
-
-#: Retries after the first attempt: 3 attempts in all.
-MAX_RETRIES = 2
-#: Exponential backoff between attempts, in milliseconds (kept short: delayed messages wait in memory).
-MIN_BACKOFF_MS, MAX_BACKOFF_MS = 1_000, 10_000
-EMAIL_TIME_LIMIT_MS = 120_000
 
 _deliveries: Deliveries | None = None
 
@@ -32,7 +25,7 @@ def configure(settings: Settings) -> None:
     """Build this process's engine, transport and deliveries from ``settings``."""
     global _deliveries
     # Not autocommit: a delivery holds its row lock in a transaction while the email is sent.
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size or 5)
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size_for("mailer"))
     sender = Sender(settings.mail_from_address, settings.mail_from_name)
     _deliveries = Deliveries(engine=engine, transport=make_transport(settings), sender=sender)
 
@@ -40,6 +33,8 @@ def configure(settings: Settings) -> None:
 def deliveries() -> Deliveries:
     if _deliveries is None:
         configure(load_settings())
+    if _deliveries is None:  # configure() always sets it: this only tells the type checker so
+        raise RuntimeError("configure() did not make the deliveries")
     return _deliveries
 
 
@@ -49,18 +44,7 @@ def close_transport() -> None:
         _deliveries.transport.close()
 
 
-def _should_retry(retries: int, exception: BaseException) -> bool:
-    return retries < MAX_RETRIES and is_transient(exception)
-
-
-_OPTIONS = dict(
-    queue_name=EMAILS_QUEUE,
-    retry_when=_should_retry,
-    min_backoff=MIN_BACKOFF_MS,
-    max_backoff=MAX_BACKOFF_MS,
-    time_limit=EMAIL_TIME_LIMIT_MS,
-    throws=(PermanentFailure,),
-)
+_OPTIONS = {"queue_name": EMAILS_QUEUE, **EMAIL.actor_options()}
 
 
 @dramatiq.actor(actor_name=SEND_INVOICE_EMAIL.actor, **_OPTIONS)
@@ -78,7 +62,7 @@ def send_eticket_email(booking_id: int) -> None:
 def _deliver(booking_id: int, kind: str) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
-    final_attempt = retries >= MAX_RETRIES
+    final_attempt = EMAIL.is_final(message)
     try:
         result = deliveries().deliver(booking_id, kind, final_attempt=final_attempt)
     except PermanentFailure:
@@ -94,6 +78,6 @@ def _deliver(booking_id: int, kind: str) -> None:
         raise dramatiq.Retry(f"{kind} for booking {booking_id}: {exc}") from exc
     except BaseException as exc:
         # Database lost for longer than retry_on_disconnect waits, the time limit, or a bug.
-        EMAILS.labels(kind, "retry" if _should_retry(retries, exc) else "failed").inc()
+        EMAILS.labels(kind, "retry" if EMAIL.should_retry(retries, exc) else "failed").inc()
         raise
     EMAILS.labels(kind, result).inc()

@@ -30,7 +30,8 @@ from antrian.db.models import EmailDelivery
 from mailer.emails.bookings import BookingDetails, load_booking
 from mailer.emails.metrics import SMTP_SEND_SECONDS
 from mailer.emails.render import ETICKET, INVOICE, Sender, message_id_for, render
-from mailer.errors import BookingNotFound, BookingNotPaid, is_transient
+from mailer.emails.retries import EMAIL
+from mailer.errors import BookingNotFound, BookingNotPaid
 from mailer.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class Deliveries:
                     )
             except Exception as exc:
                 # Database errors before the send touched nothing; after it, they are the window above.
-                if message_id is not None and not sent and not isinstance(exc, DBAPIError):
+                # (message_id is set only once the booking is loaded: the booking check narrows its type.)
+                if booking is not None and message_id is not None and not sent and not isinstance(exc, DBAPIError):
                     self._record_failure(connection, booking, kind, message_id, exc, final_attempt)
                 raise
         logger.info("%s %s sent", kind, booking.code, extra=_fields(booking, kind, message_id))
@@ -132,7 +134,7 @@ class Deliveries:
 
         An upsert: the row may have been created by the very transaction that was rolled back.
         """
-        gives_up = final_attempt or not is_transient(error)
+        gives_up = final_attempt or not EMAIL.is_transient(error)
         status = "failed" if gives_up else "pending"
         last_error = f"{type(error).__name__}: {error}"[:ERROR_LENGTH]
         claim = insert(EmailDelivery).values(

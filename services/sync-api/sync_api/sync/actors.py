@@ -1,8 +1,7 @@
-"""The Dramatiq actors of queue ``sync-pembayaran``.
+"""The Dramatiq actors of queue ``sync-pembayaran``: one student's sync, and a run's fan-out.
 
-Retries follow SPEC: 3 attempts in all, with backoff, and only for what another attempt can
-fix (timeouts, connection errors, 429 honouring Retry-After, 5xx). Everything else fails the
-student at once, with the reason recorded, and the message is dead-lettered.
+Retries follow :mod:`sync_api.sync.retries`. A failure another attempt cannot fix fails the
+student at once, with the reason recorded, and the message is kept as a failed job.
 """
 
 from __future__ import annotations
@@ -20,17 +19,12 @@ from antrian.db.engine import is_disconnect, make_engine
 from antrian.jobs.failed_jobs import RETRIED_FROM
 from antrian.messages import FAN_OUT_SYNC_RUN, SYNC_QUEUE, SYNC_STUDENT_PAYMENT
 from sync_api.sync import fanout
-from sync_api.sync.student_sync import FIRST, RETRIED, StudentSync, StudentSyncFailed
-from sync_api.sync.upstream import SchoolApi, TransientUpstreamError
+from sync_api.sync.errors import StudentSyncFailed, TransientUpstreamError
+from sync_api.sync.retries import FAN_OUT, STUDENT
+from sync_api.sync.student_sync import FIRST, RETRIED, StudentSync
+from sync_api.sync.upstream import SchoolApi
 
 logger = logging.getLogger(__name__)
-
-#: Retries after the first attempt: 3 attempts in all.
-MAX_RETRIES = 2
-#: Exponential backoff between attempts, in milliseconds (kept short: delayed messages wait in memory).
-MIN_BACKOFF_MS, MAX_BACKOFF_MS = 1_000, 15_000
-SYNC_TIME_LIMIT_MS = 60_000
-FANOUT_TIME_LIMIT_MS = 30 * 60_000
 
 
 @dataclass
@@ -45,7 +39,9 @@ _runtime: _Runtime | None = None
 def configure(settings: Settings) -> None:
     """Build this process's engine and upstream client from ``settings``."""
     global _runtime
-    engine = make_engine(settings.database_url, autocommit=True, pool_size=settings.db_pool_size or 5, max_overflow=8)
+    engine = make_engine(
+        settings.database_url, autocommit=True, pool_size=settings.db_pool_size_for("sync-worker"), max_overflow=8
+    )
     school_api = SchoolApi(
         base_url=settings.require("upstream_base_url"),
         token=settings.upstream_token,
@@ -57,33 +53,17 @@ def configure(settings: Settings) -> None:
 def runtime() -> _Runtime:
     if _runtime is None:
         configure(load_settings())
+    if _runtime is None:  # configure() always sets it: this only tells the type checker so
+        raise RuntimeError("configure() did not make the runtime")
     return _runtime
 
 
-def _is_transient(exception: BaseException) -> bool:
-    return isinstance(exception, (TransientUpstreamError, dramatiq.Retry, TimeLimitExceeded)) or is_disconnect(
-        exception
-    )
-
-
-def _should_retry(retries: int, exception: BaseException) -> bool:
-    return retries < MAX_RETRIES and _is_transient(exception)
-
-
-@dramatiq.actor(
-    actor_name=SYNC_STUDENT_PAYMENT.actor,
-    queue_name=SYNC_QUEUE,
-    retry_when=_should_retry,
-    min_backoff=MIN_BACKOFF_MS,
-    max_backoff=MAX_BACKOFF_MS,
-    time_limit=SYNC_TIME_LIMIT_MS,
-    throws=(StudentSyncFailed,),
-)
+@dramatiq.actor(actor_name=SYNC_STUDENT_PAYMENT.actor, queue_name=SYNC_QUEUE, **STUDENT.actor_options())
 def sync_student_payment(idperson: int, run_id: int) -> None:
     """Fetch one student's pembayaran from the school API and store it, counting the outcome once."""
     message = CurrentMessage.get_current_message()
     options = message.options if message is not None else {}
-    final_attempt = options.get("retries", 0) >= MAX_RETRIES
+    final_attempt = STUDENT.is_final(message)
     # An operator's retry of the failed job: the student's recorded failure may become a success.
     from_ = RETRIED if options.get(RETRIED_FROM) is not None else FIRST
     student_sync = runtime().student_sync
@@ -96,7 +76,7 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
         raise dramatiq.Retry(f"student {idperson}: {exc}", delay=exc.retry_after_ms) from exc
     except TimeLimitExceeded:
         if final_attempt:
-            student_sync.record(idperson, run_id, status="failed", error="time limit exceeded (after 3 attempts)",
+            student_sync.record(idperson, run_id, status="failed", error=STUDENT.after_all("time limit exceeded"),
                                 from_=from_)
         raise
     except StudentSyncFailed:
@@ -110,18 +90,7 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
         raise StudentSyncFailed(f"student {idperson}: {exc!r}") from exc
 
 
-#: The fan-out is safe to run again from its cursor, whatever stopped it.
-FANOUT_MAX_RETRIES = 10
-
-
-@dramatiq.actor(
-    actor_name=FAN_OUT_SYNC_RUN.actor,
-    queue_name=SYNC_QUEUE,
-    retry_when=lambda retries, exception: retries < FANOUT_MAX_RETRIES,
-    min_backoff=MIN_BACKOFF_MS,
-    max_backoff=30_000,
-    time_limit=FANOUT_TIME_LIMIT_MS,
-)
+@dramatiq.actor(actor_name=FAN_OUT_SYNC_RUN.actor, queue_name=SYNC_QUEUE, **FAN_OUT.actor_options())
 def fan_out_sync_run(run_id: int) -> None:
     """Publish one ``sync_student_payment`` per student of the run, in confirmed batches."""
     current = runtime()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from antrian.errors import RunAlreadyRunning
+from antrian.errors import InvalidInput
 from antrian.sync import runs as sync_runs
+from antrian.sync.runs import SyncRunNotFound
 from sync_api.web import auth
-from sync_api.web.errors import ClearBadRequest, error
 from sync_api.web.extensions import get_broker, get_engine
 from sync_api.web.pagination import page
 
@@ -17,10 +17,7 @@ bp.before_request(auth.require_token)
 
 def start_run_response():
     """202 with the new run, or 409 naming the run still going (shared with the admin page)."""
-    try:
-        run = sync_runs.start_run(get_engine(), get_broker())
-    except RunAlreadyRunning as exc:
-        return error(409, f"sync run {exc.run_id} is still running", id=exc.run_id)
+    run = sync_runs.start_run(get_engine(), get_broker())
     return jsonify({"id": run["id"], "total": run["total"], "status": run["status"]}), 202
 
 
@@ -29,7 +26,7 @@ def start():
     if request.get_data():
         body = request.get_json(force=True)  # malformed JSON -> 400
         if not isinstance(body, dict):
-            raise ClearBadRequest("the body must be a JSON object")
+            raise InvalidInput("the body must be a JSON object")
     return start_run_response()
 
 
@@ -37,7 +34,7 @@ def start():
 def show(run_id: int):
     run = sync_runs.get_run(get_engine(), run_id)
     if run is None:
-        return error(404, f"sync run {run_id} not found")
+        raise SyncRunNotFound(run_id)
     return jsonify(run)
 
 
@@ -45,6 +42,6 @@ def show(run_id: int):
 def failures(run_id: int):
     limit, offset = page()
     if sync_runs.get_run(get_engine(), run_id) is None:
-        return error(404, f"sync run {run_id} not found")
+        raise SyncRunNotFound(run_id)
     items, total = sync_runs.list_failures(get_engine(), run_id, limit=limit, offset=offset)
     return jsonify({"items": items, "total": total})

@@ -16,7 +16,9 @@ from sqlalchemy import Engine, text
 from antrian.db.engine import retry_on_disconnect
 from antrian.sync.runs import finish_if_complete, shard_of
 from sync_api.sync import metrics as worker_metrics
-from sync_api.sync.upstream import PermanentUpstreamError, SchoolApi, TransientUpstreamError
+from sync_api.sync.errors import PermanentUpstreamError, StudentSyncFailed, TransientUpstreamError
+from sync_api.sync.retries import STUDENT
+from sync_api.sync.upstream import SchoolApi
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +62,6 @@ _RECORD_OUTCOME = text(
 FIRST, RETRIED = ["pending"], ["pending", "failed"]
 
 
-class StudentSyncFailed(Exception):
-    """Raised after a student's failure is recorded, so that Dramatiq fails the message without retrying."""
-
-
 class StudentSync:
     """Syncs students for runs.
 
@@ -102,7 +100,7 @@ class StudentSync:
             self._fail(idperson, run_id, str(exc), from_)
         except TransientUpstreamError as exc:
             if final_attempt:
-                self.record(idperson, run_id, status="failed", error=f"{exc} (after 3 attempts)", from_=from_)
+                self.record(idperson, run_id, status="failed", error=STUDENT.after_all(str(exc)), from_=from_)
             raise
         self.record(idperson, run_id, status="success", data=data, from_=from_)
 

@@ -11,29 +11,10 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from sync_api.sync import metrics as worker_metrics
+from sync_api.sync.errors import PermanentUpstreamError, TransientUpstreamError
 
 #: The longest ``Retry-After`` we honour, in milliseconds: delayed messages wait in worker memory.
 MAX_RETRY_AFTER_MS = 60_000
-
-
-class UpstreamError(Exception):
-    """Raised when the school API did not give a student's pembayaran."""
-
-
-class TransientUpstreamError(UpstreamError):
-    """Raised for a timeout, a connection error, 429 or 5xx: worth another attempt.
-
-    Parameters:
-      retry_after_ms(int | None): the delay the server asked for, if any.
-    """
-
-    def __init__(self, reason: str, *, retry_after_ms: int | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after_ms = retry_after_ms
-
-
-class PermanentUpstreamError(UpstreamError):
-    """Raised for ``{"status": false}``, another 4xx or a body that is not the expected JSON."""
 
 
 class SchoolApi:

@@ -1,0 +1,8 @@
+"""The retry policy of queue ``booking-expiry`` (SPEC: 1 attempt, 300 s): the next tick is the retry."""
+
+from __future__ import annotations
+
+from antrian.runtime.retries import never_retried
+
+#: A sweep may take 300 s; a stopping worker waits as long for it to finish.
+SWEEP = never_retried(time_limit_ms=300_000)
