@@ -1,10 +1,42 @@
-"""Every error antrian raises on purpose, in one hierarchy."""
+"""Every error antrian raises on purpose, in one hierarchy.
+
+Each class says which HTTP status a route answers it with (:attr:`AntrianError.status`) and what
+else the answer carries (:meth:`AntrianError.details`); sync-api maps them all in one handler
+(``sync_api.web.errors``), and the ``antrian`` command turns them into one line and an exit code.
+"""
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 
 class AntrianError(Exception):
-    """Base class for antrian's own errors."""
+    """Base class for antrian's own errors: a 500 unless a subclass says otherwise."""
+
+    #: The HTTP status that a route answers this error with.
+    status: ClassVar[int] = 500
+
+    def details(self) -> dict[str, Any]:
+        """Fields the JSON answer carries beside ``error`` (the message)."""
+        return {}
+
+
+class InvalidInput(AntrianError):
+    """Raised when a value a caller gave cannot be used; the message names it and says why."""
+
+    status = 400
+
+
+class NotFound(AntrianError):
+    """Raised when a caller names something that does not exist."""
+
+    status = 404
+
+
+class Conflict(AntrianError):
+    """Raised when a request cannot be done in the current state of things."""
+
+    status = 409
 
 
 class ConfigError(AntrianError):
@@ -14,14 +46,21 @@ class ConfigError(AntrianError):
 class DependencyUnavailable(AntrianError):
     """Raised when the database or the broker cannot be reached."""
 
+    status = 503
 
-class RunAlreadyRunning(AntrianError):
+
+class PublishError(AntrianError):
+    """Raised when RabbitMQ refuses (nacks or returns) a message we published with confirms."""
+
+    status = 503
+
+
+class RunAlreadyRunning(Conflict):
     """Raised when a sync run is requested while another one is still running."""
 
     def __init__(self, run_id: int) -> None:
         super().__init__(f"sync run {run_id} is still running")
         self.run_id = run_id
 
-
-class PublishError(AntrianError):
-    """Raised when RabbitMQ refuses (nacks or returns) a message we published with confirms."""
+    def details(self) -> dict[str, Any]:
+        return {"id": self.run_id}

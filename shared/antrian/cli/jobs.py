@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import click
 
 from antrian.db import engine as db
+from antrian.errors import InvalidInput
 from antrian.jobs import failed_jobs
 from antrian.jobs.queue_stats import SPEC_QUEUES
 from antrian.runtime.startup import guarded, settings_or_exit
@@ -15,8 +19,12 @@ from antrian.runtime.startup import guarded, settings_or_exit
 #: Characters of an exception shown per line of ``antrian jobs failed``.
 EXCEPTION_WIDTH = 70
 
+T = TypeVar("T")
+#: A command's function, before ``click.command`` makes it one (click's own ``FC``).
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _queue_option(help_text: str):
+
+def _queue_option(help_text: str) -> Callable[[F], F]:
     return click.option("--queue", "queue", type=click.Choice(SPEC_QUEUES), help=help_text)
 
 
@@ -85,8 +93,8 @@ def retry(job_ids: tuple[int, ...], retry_all: bool, queue: str | None, batch_si
             click.echo(f"retried {_failed_jobs(count)}")
             return
         for job_id in job_ids:
-            _or_exit(program, lambda job_id=job_id: failed_jobs.retry(engine, broker, settings.broker_url,
-                                                                      job_id=job_id, source="cli"))
+            _or_exit(program, partial(failed_jobs.retry, engine, broker, settings.broker_url, job_id=job_id,
+                                      source="cli"))
             click.echo(f"retried failed job {job_id}")
     finally:
         broker.close()
@@ -99,7 +107,7 @@ def flush(queue: str | None, older_than: str | None) -> None:
     """Delete failed jobs for good."""
     try:
         age = failed_jobs.parse_age(older_than) if older_than is not None else None
-    except ValueError as exc:
+    except InvalidInput as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     settings = settings_or_exit("antrian jobs flush", broker=False)
     engine = db.make_engine(settings.database_url)
@@ -137,7 +145,7 @@ def queues(watch: float | None) -> None:
         pass
 
 
-def _or_exit(program: str, work):
+def _or_exit(program: str, work: Callable[[], T]) -> T:
     """Run ``work``; a failed job that is not stored ends the command with one line and exit code 1."""
     try:
         return guarded(program, work)
@@ -149,7 +157,7 @@ def _failed_jobs(count: int) -> str:
     return f"{count} failed job{'s' if count != 1 else ''}"
 
 
-def _args(args: list) -> str:
+def _args(args: list[Any]) -> str:
     return ", ".join(json.dumps(arg) for arg in args)
 
 
@@ -158,11 +166,11 @@ def _clip(text: str) -> str:
     return line if len(line) <= EXCEPTION_WIDTH else line[: EXCEPTION_WIDTH - 1] + "…"
 
 
-def _n(value) -> str:
+def _n(value: int | float | None) -> str:
     return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -18,13 +18,14 @@ from typing import Any
 
 import dramatiq
 import dramatiq.errors
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from pika.exceptions import AMQPError
 from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from antrian.amqp.publisher import ConfirmedPublisher
 from antrian.db.models import FailedJob, FailedJobAction
-from antrian.errors import AntrianError, DependencyUnavailable, PublishError
+from antrian.errors import DependencyUnavailable, InvalidInput, NotFound, PublishError
 
 #: The option a retried message carries: the id of the failed job it came from.
 RETRIED_FROM = "failed_job_id"
@@ -47,8 +48,11 @@ class RetryInterrupted(DependencyUnavailable):
                          "the others are still stored: retry them again")
         self.retried = retried
 
+    def details(self) -> dict[str, Any]:
+        return {"retried": self.retried}
 
-class FailedJobNotFound(AntrianError):
+
+class FailedJobNotFound(NotFound):
     """Raised when an operator names a failed job that is not stored (never was, retried or flushed)."""
 
     def __init__(self, job_id: int) -> None:
@@ -66,7 +70,7 @@ class Failure:
     worker: str
 
 
-def keep(connection: Connection, message: dramatiq.Message, failure: Failure) -> int:
+def keep(connection: Connection, message: dramatiq.Message[Any] | dramatiq.MessageProxy, failure: Failure) -> int:
     """Store ``message`` as failed and return its row's id; the same message failing again updates its row."""
     values = {
         "message_id": message.message_id,
@@ -127,10 +131,10 @@ def counts(connection: Connection) -> list[tuple[str, str, int]]:
         .group_by(FailedJob.queue_name, FailedJob.actor_name)
         .order_by(FailedJob.queue_name, FailedJob.actor_name)
     ).all()
-    return [tuple(row) for row in rows]
+    return [(queue, actor, jobs) for queue, actor, jobs in rows]
 
 
-def retry(engine: Engine, broker: dramatiq.Broker, broker_url: str, *, job_id: int | None = None,
+def retry(engine: Engine, broker: RabbitmqBroker, broker_url: str, *, job_id: int | None = None,
           queue: str | None = None, source: str, batch_size: int = RETRY_BATCH) -> int:
     """Put failed jobs back on their queues with a fresh attempt count; return how many.
 
@@ -143,7 +147,7 @@ def retry(engine: Engine, broker: dramatiq.Broker, broker_url: str, *, job_id: i
         # Only what is stored now: a job that fails again while this runs is not retried again by it.
         newest = connection.execute(select(func.max(FailedJob.id))).scalar_one()
         exists = job_id is None or connection.execute(select(FailedJob.id).where(FailedJob.id == job_id)).first()
-    if not exists:
+    if job_id is not None and not exists:  # ``exists`` is True when no job_id was given
         raise FailedJobNotFound(job_id)
     if newest is None:
         return 0
@@ -162,7 +166,7 @@ def retry(engine: Engine, broker: dramatiq.Broker, broker_url: str, *, job_id: i
     return retried
 
 
-def _retry_batch(engine: Engine, broker: dramatiq.Broker, publisher: ConfirmedPublisher, *,
+def _retry_batch(engine: Engine, broker: RabbitmqBroker, publisher: ConfirmedPublisher, *,
                  job_id: int | None, queue: str | None, source: str, limit: int, newest: int) -> int:
     """Publish one batch of failed jobs, wait for the confirms, delete their rows; return how many."""
     with engine.begin() as connection:
@@ -234,7 +238,7 @@ def _retry_body(row: Any) -> bytes:
     ).encode()
 
 
-def _record(connection: Connection, action: str, jobs_by_queue: Counter, source: str) -> None:
+def _record(connection: Connection, action: str, jobs_by_queue: Counter[str], source: str) -> None:
     rows = [{"action": action, "queue_name": q, "jobs": n, "source": source} for q, n in jobs_by_queue.items()]
     if rows:
         connection.execute(insert(FailedJobAction), rows)
@@ -265,5 +269,5 @@ def parse_age(text: str) -> timedelta:
     unit = raw[-1] if raw and raw[-1] in units else "d"
     number = raw[:-1] if raw and raw[-1] in units else raw
     if not number.isdigit() or int(number) > 100_000:
-        raise ValueError(f"{text!r} is not an age such as 7d, 12h, 30m or 90s")
+        raise InvalidInput(f"{text!r} is not an age such as 7d, 12h, 30m or 90s")
     return timedelta(**{units[unit]: int(number)})

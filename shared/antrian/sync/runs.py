@@ -9,8 +9,16 @@ import dramatiq
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from antrian.errors import RunAlreadyRunning
+from antrian.errors import NotFound, RunAlreadyRunning
 from antrian.messages import FAN_OUT_SYNC_RUN
+
+
+class SyncRunNotFound(NotFound):
+    """Raised when a sync run is asked for that does not exist."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"sync run {run_id} not found")
+
 
 #: Shards of a run's counts (see :class:`antrian.db.models.SyncRunCount`).
 SHARDS = 64

@@ -9,7 +9,6 @@ from flask import Blueprint, current_app, jsonify
 from sync_api.bookings import booking as bookings
 from sync_api.bookings.metrics import BOOKINGS_CREATED
 from sync_api.web import auth
-from sync_api.web.errors import error
 from sync_api.web.extensions import get_engine
 from sync_api.web.validation import amount_field, aware_datetime, email_field, json_object, text_field, whole_number
 
@@ -40,19 +39,14 @@ def create_booking():
     body = json_object()
     tour_id = whole_number(body, "tour_id", low=1, high=MAX_ID)
     quantity = whole_number(body, "quantity", low=1, high=MAX_SEATS_PER_BOOKING)
-    try:
-        booking = bookings.create_booking(
-            get_engine(),
-            tour_id=tour_id,
-            quantity=quantity,
-            customer_name=text_field(body, "customer_name", max_length=200),
-            customer_email=email_field(body, "customer_email"),
-            expiry_minutes=current_app.config["ANTRIAN"].booking_expiry_minutes,
-        )
-    except bookings.TourNotFound as exc:
-        return error(404, str(exc))
-    except bookings.NotEnoughSeats as exc:
-        return error(409, f"not enough seats left: {exc}", seats_left=exc.left)
+    booking = bookings.create_booking(
+        get_engine(),
+        tour_id=tour_id,
+        quantity=quantity,
+        customer_name=text_field(body, "customer_name", max_length=200),
+        customer_email=email_field(body, "customer_email"),
+        expiry_minutes=current_app.config["ANTRIAN"].booking_expiry_minutes,
+    )
     BOOKINGS_CREATED.inc()
     return jsonify(
         {key: booking[key] for key in ("id", "code", "status", "total_amount", "expires_at", "tour_id", "quantity")}
@@ -63,6 +57,6 @@ def create_booking():
 def show_booking(booking_id: int):
     booking = bookings.get_booking(get_engine(), booking_id) if booking_id <= MAX_ID else None
     if booking is None:
-        return error(404, f"booking {booking_id} not found")
+        raise bookings.BookingNotFound(booking_id)
     return jsonify(booking)
 

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from antrian.db.models import Booking, Tour
-from antrian.errors import AntrianError
+from antrian.errors import AntrianError, Conflict, NotFound
 from antrian.messages import SEND_INVOICE_EMAIL
 
 #: Digits and capitals that no one confuses on a screen or over the phone (no 0/O, 1/I/L, S/5, B/8, Z/2).
@@ -20,15 +20,29 @@ CODE_ALPHABET = "2345679ACDEFGHJKMNPQRTUVWXY"
 CODE_GROUPS, CODE_GROUP_LENGTH = 2, 4
 
 
-class TourNotFound(AntrianError):
+class TourNotFound(NotFound):
+    """Raised when a booking names a tour that does not exist."""
+
     def __init__(self, tour_id: int) -> None:
         super().__init__(f"tour {tour_id} not found")
 
 
-class NotEnoughSeats(AntrianError):
+class BookingNotFound(NotFound):
+    """Raised when a booking is asked for that does not exist."""
+
+    def __init__(self, booking_id: int) -> None:
+        super().__init__(f"booking {booking_id} not found")
+
+
+class NotEnoughSeats(Conflict):
+    """Raised when a tour has fewer seats left than a booking asks for."""
+
     def __init__(self, tour_id: int, left: int, wanted: int) -> None:
-        super().__init__(f"tour {tour_id} has {left} seats left, {wanted} requested")
+        super().__init__(f"not enough seats left: tour {tour_id} has {left} seats left, {wanted} requested")
         self.left = left
+
+    def details(self) -> dict[str, Any]:
+        return {"seats_left": self.left}
 
 
 def new_code() -> str:

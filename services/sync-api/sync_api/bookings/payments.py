@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, exists, func, insert, select, update
 from antrian.bookings import outbox
 from antrian.bookings.seats import end_bookings, take_seats
 from antrian.db.models import Booking, Payment
-from antrian.errors import AntrianError
+from antrian.errors import InvalidInput, NotFound
 from antrian.messages import SEND_ETICKET_EMAIL
 
 logger = logging.getLogger(__name__)
@@ -36,12 +36,20 @@ _CAPTURE_ASKS = {"accept": PAID, "deny": ENDED_CANCELLED, "challenge": WAIT}
 OUTCOMES = ("paid", "paid_after_expiry", "refund_due", "expired", "cancelled", "pending", "ignored")
 
 
-class UnknownOrder(AntrianError):
+class InvalidNotification(InvalidInput):
+    """Raised when a notification lacks a field or has one of the wrong type."""
+
+
+class UnknownOrder(NotFound):
+    """Raised when a notification names an order that no booking has."""
+
     def __init__(self, order_id: str) -> None:
         super().__init__(f"no booking with order_id {order_id!r}")
 
 
-class AmountMismatch(AntrianError):
+class AmountMismatch(InvalidInput):
+    """Raised when a notification's amount is not the booking's total."""
+
     def __init__(self, gross_amount: Decimal, total_amount: Decimal) -> None:
         super().__init__(
             f"gross_amount {gross_amount:.2f} does not match the booking's total_amount {total_amount:.2f}"
@@ -61,16 +69,16 @@ class Notification:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Notification:
-        """Raises ValueError naming the first missing or malformed field."""
+        """Raises :class:`InvalidNotification` naming the first missing or malformed field."""
         fields = {}
         for name in ("order_id", "status_code", "gross_amount", "transaction_status", "signature_key"):
             value = body.get(name)
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} is required and must be a string")
+                raise InvalidNotification(f"{name} is required and must be a string")
             fields[name] = value
         for name in ("fraud_status", "transaction_id"):
             if body.get(name) is not None and not isinstance(body[name], str):
-                raise ValueError(f"{name} must be a string")
+                raise InvalidNotification(f"{name} must be a string")
         optional = {name: body.get(name) or "" for name in ("fraud_status", "transaction_id")}
         return cls(**fields, **optional, payload=body)
 
@@ -87,7 +95,7 @@ class Notification:
         except InvalidOperation:
             amount = None
         if amount is None or not amount.is_finite():
-            raise ValueError("gross_amount must be a number")
+            raise InvalidNotification("gross_amount must be a number")
         return amount
 
     def asks(self) -> str | None:

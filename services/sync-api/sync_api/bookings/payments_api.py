@@ -6,10 +6,11 @@ import logging
 
 from flask import Blueprint, current_app, jsonify
 
+from antrian.errors import NotFound
 from sync_api.bookings import payments
 from sync_api.bookings.metrics import PAYMENTS
 from sync_api.web import auth
-from sync_api.web.errors import ClearBadRequest, error
+from sync_api.web.errors import error
 from sync_api.web.extensions import get_engine
 from sync_api.web.validation import json_object, text_field
 
@@ -24,10 +25,7 @@ def notification():
     server_key = current_app.config["ANTRIAN"].payment_server_key
     if not server_key:
         return error(503, "payment notifications are not configured: PAYMENT_SERVER_KEY is unset")
-    try:
-        parsed = payments.Notification.from_json(json_object())
-    except ValueError as exc:
-        raise ClearBadRequest(str(exc)) from None
+    parsed = payments.Notification.from_json(json_object())
     if not parsed.signature_is_valid(server_key):
         logger.warning("payment notification with a wrong signature", extra={"order_id": parsed.order_id[:64]})
         return error(401, "invalid signature_key")
@@ -45,19 +43,12 @@ def simulate():
     code = text_field(json_object(), "code", max_length=64)
     total_amount = payments.total_amount_of(get_engine(), code)
     if total_amount is None:
-        return error(404, f"no booking with code {code!r}")
+        raise NotFound(f"no booking with code {code!r}")
     return _apply(payments.settlement_for(code, total_amount))
 
 
 def _apply(parsed: payments.Notification):
-    try:
-        result = payments.apply(get_engine(), parsed)
-    except ValueError as exc:
-        raise ClearBadRequest(str(exc)) from None
-    except payments.UnknownOrder as exc:
-        return error(404, str(exc))
-    except payments.AmountMismatch as exc:
-        return error(400, str(exc))
+    result = payments.apply(get_engine(), parsed)
     PAYMENTS.labels("duplicate" if result.duplicate else result.outcome).inc()
     return jsonify(
         {"id": result.booking_id, "code": result.code, "status": result.status, "outcome": result.outcome,

@@ -6,10 +6,9 @@ import re
 
 from flask import Blueprint, current_app, jsonify, request
 
+from antrian.errors import InvalidInput
 from antrian.jobs import failed_jobs, queue_stats
-from antrian.jobs.failed_jobs import FailedJobNotFound
 from sync_api.web import auth
-from sync_api.web.errors import ClearBadRequest, error
 from sync_api.web.extensions import get_broker, get_engine
 from sync_api.web.pagination import page
 from sync_api.web.validation import json_object
@@ -28,7 +27,7 @@ def _source() -> str:
 
 def _job_id(raw: str) -> int:
     if not re.fullmatch(r"[0-9]{1,19}", raw) or not 0 < int(raw) <= MAX_ID:
-        raise ClearBadRequest("a failed job id is a positive whole number")
+        raise InvalidInput("a failed job id is a positive whole number")
     return int(raw)
 
 
@@ -39,13 +38,13 @@ def _queue() -> str | None:
         body = json_object()
         unknown = set(body) - {"queue"}
         if unknown:
-            raise ClearBadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
         if "queue" in body:
             if queue is not None and body["queue"] != queue:
-                raise ClearBadRequest("queue is given twice, differently")
+                raise InvalidInput("queue is given twice, differently")
             queue = body["queue"]
     if queue is not None and queue not in queue_stats.SPEC_QUEUES:
-        raise ClearBadRequest(f"queue must be one of {', '.join(queue_stats.SPEC_QUEUES)}")
+        raise InvalidInput(f"queue must be one of {', '.join(queue_stats.SPEC_QUEUES)}")
     return queue
 
 
@@ -83,8 +82,8 @@ def flush():
     raw_age = request.args.get("older_than")
     try:
         age = failed_jobs.parse_age(raw_age) if raw_age is not None else None
-    except ValueError as exc:
-        raise ClearBadRequest(f"older_than: {exc}") from None
+    except InvalidInput as exc:
+        raise InvalidInput(f"older_than: {exc}") from None
     count = failed_jobs.flush(get_engine(), queue=queue, older_than=age, source=_source())
     return jsonify({"flushed": count, "queue": queue, "older_than": raw_age})
 
@@ -93,8 +92,3 @@ def flush():
 def queues():
     stats = queue_stats.collect(current_app.config["ANTRIAN"], get_engine())
     return jsonify({"items": [s.as_dict() for s in stats], "total": len(stats)})
-
-
-@bp.errorhandler(FailedJobNotFound)
-def not_found(exc: FailedJobNotFound):
-    return error(404, str(exc))

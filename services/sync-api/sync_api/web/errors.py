@@ -1,21 +1,27 @@
-"""Errors as ``{"error": "<message>"}`` with a fitting status, for every JSON route."""
+"""Errors as ``{"error": "<message>"}`` with a fitting status, for every JSON route, mapped in one place.
+
+antrian's own errors carry their status and extra fields (:class:`antrian.errors.AntrianError`);
+werkzeug's (no such route, wrong method, a body too large or not JSON) and a lost database or broker
+are the only others.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from dramatiq.errors import BrokerConnectionError
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import HTTPException
 
-from antrian.errors import DependencyUnavailable
-from antrian.jobs.failed_jobs import RetryInterrupted
+from antrian.errors import AntrianError
 
 logger = logging.getLogger(__name__)
 
 
-def error(status: int, message: str, **extra):
+def error(status: int, message: str, **extra: Any) -> tuple[Response, int]:
+    """A JSON error answer; for the few answers that are no error of the domain (401, 403)."""
     return jsonify({"error": message, **extra}), status
 
 
@@ -26,36 +32,30 @@ def _wants_json() -> bool:
 
 
 def init_app(app: Flask) -> None:
+    @app.errorhandler(AntrianError)
+    def domain_error(exc: AntrianError) -> tuple[Response, int]:
+        if exc.status >= 500:
+            logger.error("%s", exc)
+        return error(exc.status, str(exc), **exc.details())
+
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
+    def http_error(exc: HTTPException) -> Any:
         if not _wants_json():
             return exc
         return error(exc.code or 500, _message(exc))
 
     @app.errorhandler(OperationalError)
-    def database_down(exc: OperationalError):
+    def database_down(exc: OperationalError) -> tuple[Response, int]:
         logger.error("database unavailable: %s", exc.orig)
         return error(503, "the database is unavailable; try again shortly")
 
-    @app.errorhandler(DependencyUnavailable)
-    def dependency_down(exc: DependencyUnavailable):
-        logger.error("%s", exc)
-        extra = {"retried": exc.retried} if isinstance(exc, RetryInterrupted) else {}
-        return error(503, str(exc), **extra)
-
     @app.errorhandler(BrokerConnectionError)
-    def broker_down(exc: BrokerConnectionError):
+    def broker_down(exc: BrokerConnectionError) -> tuple[Response, int]:
         logger.error("broker unavailable: %s", exc)
         return error(503, "the message broker is unavailable; try again shortly")
 
 
 def _message(exc: HTTPException) -> str:
-    if isinstance(exc, ClearBadRequest):
-        return exc.description
     if exc.code == 400 and "JSON" in (exc.description or ""):
         return "malformed JSON body"
-    return {400: "malformed request", 404: "not found", 405: "method not allowed"}.get(exc.code, exc.name.lower())
-
-
-class ClearBadRequest(BadRequest):
-    """A 400 whose description is already the message to show."""
+    return {400: "malformed request", 404: "not found", 405: "method not allowed"}.get(exc.code or 0, exc.name.lower())

@@ -6,7 +6,7 @@ import re
 
 from flask import request
 
-from sync_api.web.errors import ClearBadRequest
+from antrian.errors import InvalidInput
 
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 #: The largest offset PostgreSQL takes (bigint).
@@ -22,12 +22,12 @@ def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
     if raw is None:
         return default
     if not re.fullmatch(r"-?[0-9]{1,30}", raw.strip()):
-        raise ClearBadRequest(f"{name} must be a whole number")
+        raise InvalidInput(f"{name} must be a whole number")
     try:
         value = int(raw)
     except ValueError:
-        raise ClearBadRequest(f"{name} must be a whole number") from None
+        raise InvalidInput(f"{name} must be a whole number") from None
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ClearBadRequest(f"{name} must be {bound}")
+        raise InvalidInput(f"{name} must be {bound}")
     return value

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import request
 
-from sync_api.web.errors import ClearBadRequest
+from antrian.errors import InvalidInput
 
 #: The HTML standard's valid email address (ASCII; a domain with a dot): nothing a mail header could read
 #: as a second recipient (``,``), a display name (``<``) or a line break. International domains go as punycode.
@@ -29,44 +29,44 @@ def json_object() -> dict[str, Any]:
     try:
         body = json.loads(request.get_data())
     except (ValueError, RecursionError):
-        raise ClearBadRequest("malformed JSON body") from None
+        raise InvalidInput("malformed JSON body") from None
     if not isinstance(body, dict):
-        raise ClearBadRequest("the body must be a JSON object")
+        raise InvalidInput("the body must be a JSON object")
     return body
 
 
 def _present(body: dict[str, Any], name: str) -> Any:
     value = body.get(name)
     if value is None:
-        raise ClearBadRequest(f"{name} is required")
+        raise InvalidInput(f"{name} is required")
     return value
 
 
 def whole_number(body: dict[str, Any], name: str, *, low: int, high: int) -> int:
     value = _present(body, name)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ClearBadRequest(f"{name} must be a whole number")
+        raise InvalidInput(f"{name} must be a whole number")
     if not low <= value <= high:
-        raise ClearBadRequest(f"{name} must be between {low} and {high}")
+        raise InvalidInput(f"{name} must be between {low} and {high}")
     return value
 
 
 def text_field(body: dict[str, Any], name: str, *, max_length: int) -> str:
     value = _present(body, name)
     if not isinstance(value, str) or not value.strip():
-        raise ClearBadRequest(f"{name} must be a non-empty string")
+        raise InvalidInput(f"{name} must be a non-empty string")
     value = value.strip()
     if len(value) > max_length:
-        raise ClearBadRequest(f"{name} must be at most {max_length} characters")
+        raise InvalidInput(f"{name} must be at most {max_length} characters")
     if CONTROL_CHARACTERS.search(value):
-        raise ClearBadRequest(f"{name} must not contain control characters")
+        raise InvalidInput(f"{name} must not contain control characters")
     return value
 
 
 def email_field(body: dict[str, Any], name: str) -> str:
     value = text_field(body, name, max_length=254)
     if not EMAIL.fullmatch(value):
-        raise ClearBadRequest(f"{name} must be an email address")
+        raise InvalidInput(f"{name} must be an email address")
     return value
 
 
@@ -74,13 +74,14 @@ def amount_field(body: dict[str, Any], name: str, *, high: Decimal) -> Decimal:
     """Rupiah as a JSON number or a numeric string, at least 0, at most two decimals."""
     value = _present(body, name)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ClearBadRequest(f"{name} must be an amount")
+        raise InvalidInput(f"{name} must be an amount")
     try:
         result = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ClearBadRequest(f"{name} must be an amount") from None
-    if not result.is_finite() or result < 0 or result >= high or result.as_tuple().exponent < -2:
-        raise ClearBadRequest(f"{name} must be an amount from 0 below {high:,.0f}, with at most two decimals")
+        raise InvalidInput(f"{name} must be an amount") from None
+    exponent = result.as_tuple().exponent  # 'n', 'N' or 'F' (not an int) only when not finite
+    if not result.is_finite() or not isinstance(exponent, int) or result < 0 or result >= high or exponent < -2:
+        raise InvalidInput(f"{name} must be an amount from 0 below {high:,.0f}, with at most two decimals")
     return result
 
 
@@ -91,9 +92,9 @@ def aware_datetime(body: dict[str, Any], name: str) -> datetime:
     except ValueError:
         result = None
     if result is None:
-        raise ClearBadRequest(f"{name} must be an ISO 8601 date and time")
+        raise InvalidInput(f"{name} must be an ISO 8601 date and time")
     if result.tzinfo is None:
-        raise ClearBadRequest(f"{name} must include a time zone, e.g. 2026-12-12T08:00:00+07:00")
+        raise InvalidInput(f"{name} must include a time zone, e.g. 2026-12-12T08:00:00+07:00")
     if not FIRST_YEAR < result.year < LAST_YEAR:
-        raise ClearBadRequest(f"{name} must be between the years {FIRST_YEAR} and {LAST_YEAR}")
+        raise InvalidInput(f"{name} must be between the years {FIRST_YEAR} and {LAST_YEAR}")
     return result
