@@ -187,7 +187,7 @@ def create_app(*, folder: Path) -> Flask:
 @click.option("--smtp-port", type=click.IntRange(1, 65535), default=1025, show_default=True)
 @click.option("--web-port", type=click.IntRange(1, 65535), default=8025, show_default=True)
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DIR,
-              envvar="MAIL_SINK_DIR", show_default="var/mail-sink", show_envvar=True,
+              show_default="var/mail-sink",
               help="Where each message is kept as an .eml file.")
 def main(host: str, smtp_port: int, web_port: int, folder: Path) -> None:
     """Keep every message sent to SMTP HOST:SMTP_PORT and show them on http://HOST:WEB_PORT/."""

@@ -3,7 +3,8 @@
 Like honcho or foreman: each child's output lines carry its name, Ctrl-C (or SIGTERM) stops them
 all, and when one child dies the others are stopped and this exits non-zero, naming it.
 
-Every variable of SPEC's configuration is passed through from the environment. Besides those:
+Every variable of SPEC's configuration is passed through from the environment (which antrian.config
+reads, as every antrian process does). Besides those (antrian.config.DevSettings):
   DEMO_DATA (default ``true``)         seed demo students and tours into an empty database
   DEV_SCHOOL_API_PORT (default 8081)   where the development school API listens; it is started
                                        only when UPSTREAM_BASE_URL is unset
@@ -18,8 +19,7 @@ PAYMENT_SERVER_KEY is unset a development value is generated and printed.
 EXPIRY_SWEEP_SECONDS and BOOKING_EXPIRY_MINUTES pass through too: booking-expiry-scheduler enqueues the
 sweep that often, and sync-api gives each booking that long to be paid.
 
-Adding a service is one ``Child`` entry in ``CHILDREN``. Standard library only, but for the query that
-finds a demo tour for the printed example and the expiry settings it prints.
+Adding a service is one ``Child`` entry in ``CHILDREN``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from antrian.config import (
+    DEFAULT_METRICS_PORTS,
+    ConfigError,
+    environment,
+    given,
+    load_dev_settings,
+    load_settings,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # .venv/bin: `make run` runs .venv/bin/python
 STOP_TIMEOUT_S = 25  # what a child gets between SIGTERM and SIGKILL
@@ -44,13 +53,13 @@ READY_TIMEOUT_S = 90
 
 
 def upstream_unset(environ: Mapping[str, str]) -> bool:
-    return not environ.get("UPSTREAM_BASE_URL", "").strip()
+    return not given("UPSTREAM_BASE_URL", environ)
 
 
 def smtp_unset(environ: Mapping[str, str]) -> bool:
     """SMTP_HOST and SMTP_PORT left at their defaults: the mail goes to the development mail sink."""
-    return (not environ.get("SMTP_HOST", "").strip() and not environ.get("SMTP_PORT", "").strip()
-            and environ.get("MAIL_BACKEND", "").strip().lower() in {"", "smtp"})
+    return (not given("SMTP_HOST", environ) and not given("SMTP_PORT", environ)
+            and load_settings(environ).mail_backend == "smtp")
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ CHILDREN = [
           condition=upstream_unset, ready="http://127.0.0.1:{dev_port}/healthz"),
     Child("mail-sink",
           ("python", "dev/mail_sink.py", "--host", "127.0.0.1", "--smtp-port", "{sink_smtp_port}",
-           "--web-port", "{sink_port}"),
+           "--web-port", "{sink_port}", "--dir", "{sink_dir}"),
           condition=smtp_unset, ready="http://127.0.0.1:{sink_port}/api/messages"),
     Child("sync-api", ("sync-api",), ready="http://127.0.0.1:{port}/healthz"),
     Child("sync-worker", ("sync-worker", "--processes", "1", "--threads", "16"),
@@ -115,20 +124,6 @@ def say(text: str, name: str = "run") -> None:
         print(f"{name:<{WIDTH}} | {text}", flush=True)
 
 
-def port_from(environ: Mapping[str, str], variable: str, default: int) -> int:
-    raw = environ.get(variable, "").strip() or str(default)
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ValueError(f"{variable}={raw!r} is not valid: must be a port number between 1 and 65535")
-    return int(raw)
-
-
-def demo_data(environ: Mapping[str, str]) -> bool:
-    raw = environ.get("DEMO_DATA", "true").strip().lower()
-    if raw not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
-        raise ValueError(f"DEMO_DATA={raw!r} is not valid: must be true or false")
-    return raw in {"1", "true", "yes", "on"}
-
-
 def spawn(argv: list[str], env: dict[str, str], **options) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / argv[0]), *argv[1:]], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **options)
@@ -146,9 +141,9 @@ def pump(name: str, stream) -> None:
         say(line.decode(errors="replace").rstrip(), name)
 
 
-def start(child: Child, env: dict[str, str], ports: dict[str, int]) -> Running:
+def start(child: Child, env: dict[str, str], ports: dict[str, int], sink_dir: str) -> Running:
     metrics_port = None if child.metrics_offset is None else ports["metrics_base"] + child.metrics_offset
-    values = {**ports, "metrics_port": metrics_port}
+    values = {**ports, "metrics_port": metrics_port, "sink_dir": sink_dir}
     child_env = env if metrics_port is None else {**env, "METRICS_PORT": str(metrics_port)}
     # A session (and process group) of its own: Ctrl-C reaches only us, and we stop each group whole.
     process = spawn([arg.format(**values) for arg in child.argv], child_env, start_new_session=True)
@@ -229,7 +224,6 @@ def bookable_tour(env: Mapping[str, str]) -> int | None:
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from antrian.config import load_settings
     from antrian.db import engine as db
     from antrian.db.models import Tour
 
@@ -244,7 +238,7 @@ def bookable_tour(env: Mapping[str, str]) -> int | None:
 
 
 def where_to_look(running: list[Running], env: dict[str, str], ports: dict[str, int], generated: set[str],
-                  tour_id: int | None) -> None:
+                  tour_id: int | None, sink_dir: str) -> None:
     base = f"http://127.0.0.1:{ports['port']}"
 
     def secret(variable: str) -> str:
@@ -263,7 +257,7 @@ def where_to_look(running: list[Running], env: dict[str, str], ports: dict[str, 
     say(f"  school API  {env['UPSTREAM_BASE_URL']}")
     if "mail-sink" in names:
         say(f"  mail sink   http://127.0.0.1:{ports['sink_port']}/  (every email sent, kept in "
-            f"{env.get('MAIL_SINK_DIR') or 'var/mail-sink'}/)")
+            f"{sink_dir}/)")
     say(f"  payments    PAYMENT_SERVER_KEY {secret('PAYMENT_SERVER_KEY')}")
     say(f"  expiry      {expiry(env)}")
     try_it(env, base, tour_id, token=env["API_TOKEN"] if "API_TOKEN" in generated else "$API_TOKEN")
@@ -272,8 +266,6 @@ def where_to_look(running: list[Running], env: dict[str, str], ports: dict[str, 
 
 def expiry(env: Mapping[str, str]) -> str:
     """When unpaid bookings expire and how often the sweep looks (``antrian migrate`` has validated both)."""
-    from antrian.config import load_settings
-
     settings = load_settings(env)
     return (f"unpaid bookings expire {settings.booking_expiry_minutes} min after they are made "
             f"(BOOKING_EXPIRY_MINUTES), swept every {settings.expiry_sweep_seconds} s (EXPIRY_SWEEP_SECONDS)")
@@ -284,7 +276,7 @@ def try_it(env: Mapping[str, str], base: str, tour_id: int | None, *, token: str
     headers = f'-H "Authorization: Bearer {token}" -H "Content-Type: application/json"'
     booking = {"tour_id": tour_id or "TOUR_ID", "quantity": 2, "customer_name": "Dewi Lestari",
                "customer_email": "dewi@example.com"}
-    simulator = env.get("PAYMENT_SIMULATOR", "").strip().lower() in {"1", "true", "yes", "on"}
+    simulator = load_settings(env).payment_simulator
     say("Book 2 seats on a demo tour" + (", then pay for them with the booking's code:" if simulator else ":")
         + ("" if tour_id else "  (no tour has 2 seats left: add one with POST /api/tours)"))
     with _print_lock:
@@ -298,28 +290,28 @@ def main() -> int:
         signal.signal(signum, Signals.handle)
     # sync-api listens on every interface in a container; on a laptop, only on loopback unless asked.
     # A person trying bookings out pays with the simulator (SPEC's default, false, is for production).
-    env = {"HOST": "127.0.0.1", "PAYMENT_SIMULATOR": "true", **os.environ, "PYTHONUNBUFFERED": "1"}
+    user = environment()
+    env = {"HOST": "127.0.0.1", "PAYMENT_SIMULATOR": "true", **user, "PYTHONUNBUFFERED": "1"}
     try:
-        ports = {"port": port_from(env, "PORT", 8000), "dev_port": port_from(env, "DEV_SCHOOL_API_PORT", 8081),
-                 "sink_port": port_from(env, "MAIL_SINK_PORT", 8025),
-                 "sink_smtp_port": port_from(env, "MAIL_SINK_SMTP_PORT", 1025),
-                 "metrics_base": port_from(env, "METRICS_PORT", 9191)}
-        seed = demo_data(env)
-    except ValueError as exc:
+        settings, dev = load_settings(env), load_dev_settings(env)
+        children = [child for child in CHILDREN if child.condition(user)]
+    except ConfigError as exc:
         say(str(exc))
         return 2
-    children = [child for child in CHILDREN if child.condition(os.environ)]
+    ports = {"port": settings.port, "dev_port": dev.dev_school_api_port, "sink_port": dev.mail_sink_port,
+             "sink_smtp_port": dev.mail_sink_smtp_port,
+             "metrics_base": settings.metrics_port or DEFAULT_METRICS_PORTS["sync-worker"]}
     generated = {variable for variable in ("API_TOKEN", "PAYMENT_SERVER_KEY") if generate_if_unset(env, variable)}
-    if upstream_unset(os.environ):
+    if upstream_unset(user):
         env["UPSTREAM_BASE_URL"] = f"http://127.0.0.1:{ports['dev_port']}"
         say(f"UPSTREAM_BASE_URL is unset: the development school API stands in at {env['UPSTREAM_BASE_URL']}")
-    if smtp_unset(os.environ):
+    if smtp_unset(user):
         env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(ports["sink_smtp_port"]))
         say(f"SMTP_HOST and SMTP_PORT are unset: the development mail sink takes the mail at "
             f"{env['SMTP_HOST']}:{env['SMTP_PORT']}")
     if code := step("antrian", "migrate", env=env):
         return code
-    if seed and (code := step("antrian", "seed-demo", "--if-empty", env=env)):
+    if dev.demo_data and (code := step("antrian", "seed-demo", "--if-empty", env=env)):
         return code
     if Signals.stop:
         return 0
@@ -328,9 +320,9 @@ def main() -> int:
     problem = None
     try:
         for child in children:
-            running.append(start(child, env, ports))
+            running.append(start(child, env, ports, dev.mail_sink_dir))
         say(f"started {', '.join(f'{item.child.name} (pid {item.process.pid})' for item in running)}")
-        problem = watch(running, lambda: where_to_look(running, env, ports, generated, tour_id))
+        problem = watch(running, lambda: where_to_look(running, env, ports, generated, tour_id, dev.mail_sink_dir))
     except OSError as exc:  # a program missing from .venv/bin: run `make install`
         problem = f"cannot start {children[len(running)].name}: {exc}"
     finally:

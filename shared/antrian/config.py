@@ -1,14 +1,16 @@
-"""Settings from the environment: the one place antrian reads ``os.environ``.
+"""Settings from the environment: the one place antrian reads or writes ``os.environ``.
 
-Every variable of SPEC's configuration table is parsed here; a wrong value raises
-:class:`ConfigError` naming the variable, and a process turns that into one clear line.
+Every variable of SPEC's configuration table is parsed here, and so are the few internal ones that
+antrian sets for its own child processes (documented on their fields). A wrong value raises
+:class:`ConfigError` naming the variable, and a process turns that into one clear line. What a
+process must hand on to a library or a child through the environment goes through :func:`export`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -16,6 +18,12 @@ from antrian.errors import ConfigError
 
 #: Where each worker serves ``/metrics`` when ``METRICS_PORT`` is unset.
 DEFAULT_METRICS_PORTS = {"sync-worker": 9191, "mailer": 9192, "booking-expiry": 9193}
+
+#: Database connections each process keeps open when ``DB_POOL_SIZE`` is unset. sync-api: one per gunicorn
+#: thread (sync_api.gunicorn_conf.threads) plus the outbox relay's two, since a smaller pool opens and closes a
+#: connection per request over it. A Dramatiq worker started by its entry point gets one per worker thread
+#: (antrian.runtime.workers); these are the figures for a worker module loaded otherwise (tests, benchmarks).
+DEFAULT_DB_POOL_SIZES = {"sync-api": 10, "sync-worker": 5, "mailer": 5, "booking-expiry": 2, "antrian": 1}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,19 +55,32 @@ class Settings:
     metrics_port: int | None = None
     port: int = 8000
     host: str = "0.0.0.0"
-    #: Connections each process keeps open (default 5); a worker's default is its thread count.
+    #: Connections each process keeps open (defaults: :data:`DEFAULT_DB_POOL_SIZES`).
     db_pool_size: int | None = None
     log_level: str = "INFO"
 
+    # Internal variables: antrian sets them for its own child processes (and tests set them to go faster).
+    #: ``ANTRIAN_HEARTBEAT_DIR``: where a worker process beats (set by antrian.runtime.workers for dramatiq).
+    antrian_heartbeat_dir: str | None = None
+    #: ``ANTRIAN_HEARTBEAT_INTERVAL_S``: seconds between two beats of a worker process.
+    antrian_heartbeat_interval_s: float = 10.0
+    #: ``PROMETHEUS_MULTIPROC_BASE``: where each service's metrics folder is made (default: the temp dir).
+    prometheus_multiproc_base: str | None = None
+    #: ``PROMETHEUS_MULTIPROC_DIR``: this service's metrics folder, once antrian.metrics prepared it.
+    prometheus_multiproc_dir: str | None = None
+
     def require(self, name: str) -> str:
         """Return a setting that this process cannot run without, or raise naming its variable."""
-        value = getattr(self, name)
+        value: str = getattr(self, name)
         if value in (None, ""):
             raise ConfigError(f"{name.upper()} is required but not set")
         return value
 
     def metrics_port_for(self, service: str) -> int:
         return self.metrics_port or DEFAULT_METRICS_PORTS[service]
+
+    def db_pool_size_for(self, service: str) -> int:
+        return self.db_pool_size or DEFAULT_DB_POOL_SIZES[service]
 
 
 def _text(value: str) -> str | None:
@@ -96,7 +117,7 @@ def _bool(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _one_of(*choices: str):
+def _one_of(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         lowered = value.strip().lower()
         if lowered not in choices:
@@ -151,6 +172,10 @@ _PARSERS: dict[str, Any] = {
     "host": str.strip,
     "db_pool_size": _positive_int,
     "log_level": _one_of("debug", "info", "warning", "error"),
+    "antrian_heartbeat_dir": _text,
+    "antrian_heartbeat_interval_s": _positive_float,
+    "prometheus_multiproc_base": _text,
+    "prometheus_multiproc_dir": _text,
 }
 
 
@@ -161,20 +186,77 @@ def _without_password(value: str) -> str:
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read every known variable from ``environ`` (default: the process environment)."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for item in fields(Settings):
-        variable = item.name.upper()
-        raw = environ.get(variable)
-        if raw is None:
-            continue
-        try:
-            values[item.name] = _PARSERS[item.name](raw)
-        except ValueError as exc:
-            raise ConfigError(f"{variable}={_without_password(raw)!r} is not valid: {exc}") from None
+    values = _parse(Settings, _PARSERS, os.environ if environ is None else environ)
     if "log_level" in values:
         values["log_level"] = values["log_level"].upper()
     return Settings(**values)
 
 
-__all__ = ["ConfigError", "Settings", "load_settings", "replace"]
+def _parse(settings: type, parsers: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for item in fields(settings):
+        variable = item.name.upper()
+        raw = environ.get(variable)
+        if raw is None:
+            continue
+        try:
+            values[item.name] = parsers[item.name](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{variable}={_without_password(raw)!r} is not valid: {exc}") from None
+    return values
+
+
+@dataclass(frozen=True, kw_only=True)
+class DevSettings:
+    """What ``make run`` (dev/run.py) reads beside SPEC's variables: the development stand-ins' ports and folder.
+
+    Build it with :func:`load_dev_settings`; production processes never read these.
+    """
+
+    #: ``DEMO_DATA``: seed demo students and tours into an empty database.
+    demo_data: bool = True
+    #: ``DEV_SCHOOL_API_PORT``: the development school API, started when ``UPSTREAM_BASE_URL`` is unset.
+    dev_school_api_port: int = 8081
+    #: ``MAIL_SINK_SMTP_PORT`` and ``MAIL_SINK_PORT``: the development mail sink's SMTP and web ports, started
+    #: when ``SMTP_HOST`` and ``SMTP_PORT`` are unset (and ``MAIL_BACKEND`` is smtp).
+    mail_sink_smtp_port: int = 1025
+    mail_sink_port: int = 8025
+    #: ``MAIL_SINK_DIR``: where the mail sink keeps what it got, as .eml files.
+    mail_sink_dir: str = "var/mail-sink"
+
+
+_DEV_PARSERS: dict[str, Any] = {
+    "demo_data": _bool,
+    "dev_school_api_port": _port,
+    "mail_sink_smtp_port": _port,
+    "mail_sink_port": _port,
+    "mail_sink_dir": str.strip,
+}
+
+
+def load_dev_settings(environ: Mapping[str, str] | None = None) -> DevSettings:
+    """Read ``make run``'s own variables from ``environ`` (default: the process environment)."""
+    return DevSettings(**_parse(DevSettings, _DEV_PARSERS, os.environ if environ is None else environ))
+
+
+def given(variable: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``variable`` is set to something other than blanks (rather than left to its default)."""
+    return bool((os.environ if environ is None else environ).get(variable, "").strip())
+
+
+def environment() -> dict[str, str]:
+    """A copy of this process's environment, for a launcher that hands it on to the processes it starts."""
+    return dict(os.environ)
+
+
+def export(variables: Mapping[str, str]) -> None:
+    """Set variables in this process's environment, for its children and for libraries that read them there.
+
+    prometheus_client and Dramatiq's Prometheus middleware read their folder and port from the
+    environment; a Dramatiq worker's processes inherit the heartbeat folder and pool size from it.
+    """
+    os.environ.update(variables)
+
+
+__all__ = ["ConfigError", "DevSettings", "Settings", "environment", "export", "given", "load_dev_settings",
+           "load_settings", "replace"]

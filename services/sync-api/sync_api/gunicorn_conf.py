@@ -32,11 +32,12 @@ preload_app = False
 
 def on_starting(server) -> None:
     """Once, in the master before any worker: an empty metrics folder (not again on a HUP reload)."""
-    prepare_multiprocess_dir("sync-api", load_settings().port)
+    settings = load_settings()
+    prepare_multiprocess_dir(settings, "sync-api", settings.port)
 
 
 def child_exit(server, worker) -> None:
-    mark_process_dead(worker.pid)
+    mark_process_dead(worker.pid, load_settings().prometheus_multiproc_dir)
 
 
 def post_worker_init(worker) -> None:

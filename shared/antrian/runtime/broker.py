@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dramatiq
@@ -18,15 +17,15 @@ from antrian.runtime import heartbeat
 class Heartbeat(Middleware):
     """Each worker process beats for the Kubernetes probes while its threads live (:mod:`antrian.runtime.heartbeat`)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, *, interval_s: float) -> None:
+        self.path, self.interval_s = path, interval_s
         self._beating: heartbeat.Beating | None = None
 
-    def after_worker_boot(self, broker, worker):
-        self._beating = heartbeat.Beating(self.path, worker)
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._beating = heartbeat.Beating(self.path, worker, interval_s=self.interval_s)
         self._beating.start()
 
-    def before_worker_shutdown(self, broker, worker):
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._beating is not None:
             self._beating.stopped.set()
 
@@ -41,8 +40,9 @@ def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None
     # First, so that its after-hooks run last: after Retries has given up, after TimeLimit stopped its timer.
     middleware.insert(0, KeepFailedJobs(settings.database_url, settings.broker_url))
     middleware.append(CurrentMessage())
-    if os.environ.get(heartbeat.ENV):  # a worker started by antrian.runtime.workers.exec_worker
-        middleware.append(Heartbeat(Path(os.environ[heartbeat.ENV])))
+    if settings.antrian_heartbeat_dir:  # a worker started by antrian.runtime.workers.exec_worker
+        beats = Heartbeat(Path(settings.antrian_heartbeat_dir), interval_s=settings.antrian_heartbeat_interval_s)
+        middleware.append(beats)
     middleware.extend(extra_middleware or [])
     broker = RabbitmqBroker(url=with_heartbeat(settings.broker_url), confirm_delivery=True, middleware=middleware)
     dramatiq.set_broker(broker)

@@ -1,7 +1,7 @@
 """Worker heartbeats: proof that a worker is consuming, not just alive, for Kubernetes' exec probes.
 
 Each Dramatiq worker process writes ``<pid>.json`` into the service's heartbeat folder every
-:data:`INTERVAL_S` seconds, and only while every one of its threads is alive: a deadlocked or crashed
+``ANTRIAN_HEARTBEAT_INTERVAL_S`` seconds (10), and only while every one of its threads is alive: a deadlocked or crashed
 thread stops the beat. The file says whether every consumer holds an open connection to RabbitMQ.
 ``antrian-worker-probe SERVICE`` (liveness) checks that every process beat lately; with ``--ready``
 (readiness) also that each is consuming. It imports nothing but the standard library: cheap to exec.
@@ -17,13 +17,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-#: Seconds between two beats of a worker process (``ANTRIAN_HEARTBEAT_INTERVAL_S`` changes it, for tests).
-INTERVAL_S = float(os.environ.get("ANTRIAN_HEARTBEAT_INTERVAL_S", "10"))
-#: A beat older than this means the process is stuck (three missed beats).
+if TYPE_CHECKING:  # for the annotations only: at run time this module imports nothing but the standard library
+    from dramatiq import Worker
+
+#: A beat older than this means the process is stuck (three missed beats of the default 10 s,
+#: ``ANTRIAN_HEARTBEAT_INTERVAL_S``).
 MAX_AGE_S = 35.0
-#: The variable :func:`antrian.runtime.workers.exec_worker` sets to the service's heartbeat folder.
-ENV = "ANTRIAN_HEARTBEAT_DIR"
 
 
 def folder(service: str) -> Path:
@@ -32,16 +33,15 @@ def folder(service: str) -> Path:
 
 
 def prepare(service: str) -> Path:
-    """Empty the service's heartbeat folder (beats of a previous run prove nothing) and export it."""
+    """Empty the service's heartbeat folder (beats of a previous run prove nothing); return it."""
     path = folder(service)
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.json"):
         stale.unlink(missing_ok=True)
-    os.environ[ENV] = str(path)
     return path
 
 
-def consuming(worker) -> bool:
+def consuming(worker: Worker) -> bool:
     """Every queue's consumer thread has a consumer whose connection to RabbitMQ is open."""
     for thread in worker.consumers.values():
         consumer = getattr(thread, "consumer", None)
@@ -51,11 +51,11 @@ def consuming(worker) -> bool:
     return bool(worker.consumers)
 
 
-def threads_alive(worker) -> bool:
+def threads_alive(worker: Worker) -> bool:
     return all(t.is_alive() for t in [*worker.consumers.values(), *worker.workers])
 
 
-def beat(path: Path, worker) -> bool:
+def beat(path: Path, worker: Worker) -> bool:
     """Write this process's beat if all its threads live; False (nothing written) otherwise."""
     if not threads_alive(worker):
         return False
@@ -106,9 +106,9 @@ def main() -> None:
 class Beating(threading.Thread):
     """The thread that beats for one worker process until it stops."""
 
-    def __init__(self, path: Path, worker) -> None:
+    def __init__(self, path: Path, worker: Worker, *, interval_s: float) -> None:
         super().__init__(name="heartbeat", daemon=True)
-        self.path, self.worker = path, worker
+        self.path, self.worker, self.interval_s = path, worker, interval_s
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -117,5 +117,5 @@ class Beating(threading.Thread):
                 beat(self.path, self.worker)
             except Exception:  # noqa: BLE001 - a full disk, a consumer added meanwhile: the next beat may do
                 pass  # and if none does, the probe says the beat is old
-            self.stopped.wait(INTERVAL_S)
+            self.stopped.wait(self.interval_s)
         (self.path / f"{os.getpid()}.json").unlink(missing_ok=True)

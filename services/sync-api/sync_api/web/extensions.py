@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from flask import Flask, current_app
 from sqlalchemy import Engine
 
@@ -27,17 +27,12 @@ def _get(name: str, factory):
     return state[name]
 
 
-#: One connection per gunicorn thread (sync_api.gunicorn_conf.threads) plus the outbox relay's two: a smaller
-#: pool opens and closes a connection for each request over it, which costs more than the request.
-DEFAULT_POOL_SIZE = 10
-
-
 def get_engine() -> Engine:
     def factory(settings) -> Engine:
-        return make_engine(settings.database_url, pool_size=settings.db_pool_size or DEFAULT_POOL_SIZE)
+        return make_engine(settings.database_url, pool_size=settings.db_pool_size_for("sync-api"))
 
     return _get("engine", factory)
 
 
-def get_broker() -> dramatiq.Broker:
+def get_broker() -> RabbitmqBroker:
     return _get("broker", make_broker)

@@ -47,5 +47,8 @@ def _check_database(settings) -> None:
 @bp.get("/metrics")
 def metrics():
     settings = current_app.config["ANTRIAN"]
-    body, content_type = exposition(DatabaseStateCollector(get_engine()), QueueStatsCollector(settings, get_engine()))
+    body, content_type = exposition(
+        DatabaseStateCollector(get_engine()), QueueStatsCollector(settings, get_engine()),
+        multiprocess_dir=settings.prometheus_multiproc_dir,
+    )
     return Response(body, content_type=content_type)
