@@ -7,7 +7,7 @@ TEST_PROCESSES ?= 3
 SERVICES := -e shared -e services/sync-api -e services/mailer -e services/booking-expiry
 
 .DEFAULT_GOAL := help
-.PHONY: help install services run test bench clean
+.PHONY: help install services run check test test-fast bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,10 +25,17 @@ services: ## Start PostgreSQL and RabbitMQ here when they are down
 run: install services ## Migrate, then run every service in the foreground (Ctrl-C stops them all)
 	$(BIN)/python dev/run.py
 
-test: install services ## Install what the tests need and run them all
+check: install ## Lint, the import contracts (.importlinter) and the type checker (mypy.ini: strict on shared/)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test-fast: check ## The fast tier while editing (under a minute): the checks, then the tests that start nothing
+	$(BIN)/pytest -m fast -p no:xdist
+
+test: check services ## Install what the tests need and run them all: the checks, every test, then the restarts
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-promtool.sh
-	$(BIN)/ruff check .
 	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not restarts"
 	$(BIN)/pytest -m restarts
 
@@ -37,4 +44,4 @@ bench: install services ## Run the benchmarks under bench/ and print their figur
 	$(BIN)/python -m bench
 
 clean: ## Remove .venv and generated files
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .import_linter_cache

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from antrian.errors import ConfigError
 
@@ -130,6 +131,8 @@ def _one_of(*choices: str) -> Callable[[str], str]:
 def _database_url(value: str) -> str:
     if not value.startswith("postgresql"):
         raise ValueError("must be a postgresql:// URL")
+    if not urlsplit(value).path.strip("/"):
+        raise ValueError("must name a database (postgresql://user@host:5432/DATABASE)")
     return value.replace("postgresql://", "postgresql+psycopg://", 1) if value.startswith("postgresql://") else value
 
 
@@ -143,6 +146,8 @@ def _http_url(value: str) -> str | None:
     value = value.strip().rstrip("/")
     if value and not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
+    if value and not urlsplit(value).hostname:
+        raise ValueError("must name a host")
     return value or None
 
 

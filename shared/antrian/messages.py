@@ -17,7 +17,7 @@ class Contract:
     queue: str
     actor: str
 
-    def message(self, *args: Any) -> dramatiq.Message:
+    def message(self, *args: Any) -> dramatiq.Message[Any]:
         return dramatiq.Message(queue_name=self.queue, actor_name=self.actor, args=args, kwargs={}, options={})
 
     def encode(self, *args: Any) -> bytes:
@@ -37,7 +37,7 @@ class Contract:
             }
         )
 
-    def send(self, broker: dramatiq.Broker, *args: Any) -> dramatiq.Message:
+    def send(self, broker: dramatiq.Broker, *args: Any) -> dramatiq.Message[Any]:
         """Enqueue one message through ``broker`` (with confirms when the broker has them on)."""
         return broker.enqueue(self.message(*args))
 

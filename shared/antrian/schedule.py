@@ -64,6 +64,17 @@ def _slot_end(moment: datetime, every_seconds: int) -> datetime:
     return datetime.fromtimestamp((epoch // every_seconds + 1) * every_seconds, tz=moment.tzinfo)
 
 
+def next_due(task: ScheduledTask, last_enqueued_at: datetime | None, *, now: datetime) -> datetime:
+    """When ``task`` is next due, given its last enqueue and the clock's ``now`` (never before ``now``).
+
+    The clock is passed in: :func:`status` passes the database's, the one claims use.
+    """
+    if last_enqueued_at is None:
+        return now
+    early = timedelta(seconds=_early(task))
+    return max(_slot_end(last_enqueued_at + early, task.every_seconds) - early, now)
+
+
 def status(engine: Engine, scheduled: list[ScheduledTask]) -> list[TaskStatus]:
     """Each task's last enqueue and next due time, by the database's clock (the one claims use)."""
     with engine.connect() as connection:
@@ -72,9 +83,8 @@ def status(engine: Engine, scheduled: list[ScheduledTask]) -> list[TaskStatus]:
     result = []
     for task in scheduled:
         previous = last.get(task.name)
-        early = timedelta(seconds=_early(task))
-        due = now if previous is None else max(_slot_end(previous + early, task.every_seconds) - early, now)
-        result.append(TaskStatus(task=task, last_enqueued_at=previous, next_due_at=due, now=now))
+        result.append(TaskStatus(task=task, last_enqueued_at=previous, next_due_at=next_due(task, previous, now=now),
+                                 now=now))
     return result
 
 

@@ -7,6 +7,9 @@ import pytest
 from antrian.config import load_settings
 from antrian.errors import ConfigError
 
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
+
 
 def test_defaults_follow_the_spec():
     settings = load_settings({})
@@ -71,3 +74,18 @@ def test_a_wrong_url_is_named_without_its_password(variable):
         load_settings({variable: "mysql://app:s3cret@db/x"})
     assert "s3cret" not in str(caught.value)
     assert "app:***@db" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("DATABASE_URL", "postgresql://u@db:5432", "must name a database"),
+        ("DATABASE_URL", "postgresql://u@db:5432/", "must name a database"),
+        ("RABBITMQ_MANAGEMENT_URL", "localhost:15672", "must be an http:// or https:// URL"),
+        ("RABBITMQ_MANAGEMENT_URL", "http://:15672", "must name a host"),
+        ("UPSTREAM_BASE_URL", "https:///siswa", "must name a host"),
+    ],
+)
+def test_a_url_that_names_no_database_or_host_is_refused_at_start(variable, value, reason):
+    with pytest.raises(ConfigError, match=f"^{variable}=.* is not valid: {reason}"):
+        load_settings({variable: value})

@@ -27,8 +27,11 @@ SERVICE_CLOSING = 421
 
 
 class Transport(Protocol):
-    def send(self, message: EmailMessage, *, name: str) -> None:
-        """Hand ``message`` over for delivery; ``name`` (``invoice-K7QM-2XH9``) labels it in files and logs."""
+    def send(self, message: EmailMessage, *, name: str) -> object:
+        """Hand ``message`` over for delivery; ``name`` (``invoice-K7QM-2XH9``) labels it in files and logs.
+
+        What it returns (FileTransport: the file's path) is for tests and callers that know the transport.
+        """
 
     def close(self) -> None:
         """Release what the calling thread holds."""
@@ -117,6 +120,7 @@ class SmtpTransport:
         return connection
 
     def _open(self) -> smtplib.SMTP:
+        connection: smtplib.SMTP
         try:
             if self.security == "ssl":
                 connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s, context=self._tls)

@@ -1,4 +1,4 @@
-"""sync-api: the internal HTTP API and admin pages of antrian."""
+"""sync-api: the internal HTTP API and admin pages of antrian; :func:`create_app` is its application factory."""
 
 from __future__ import annotations
 
@@ -39,11 +39,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
 
+    from sync_api import admin
     from sync_api.bookings import api as bookings_api
     from sync_api.bookings import payments_api
     from sync_api.jobs import api as jobs_api
     from sync_api.sync import api as sync_runs_api
-    from sync_api.web import admin, errors, extensions, health, http_metrics
+    from sync_api.web import errors, extensions, health, http_metrics
+
     extensions.init_app(app)
     errors.init_app(app)
     http_metrics.init_app(app)

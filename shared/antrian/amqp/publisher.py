@@ -10,6 +10,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pika
 from pika.spec import Basic
@@ -51,7 +52,7 @@ class ConfirmedPublisher:
         self._refused = 0
         self._properties = pika.BasicProperties(delivery_mode=2)
 
-    def _on_confirm(self, frame) -> None:
+    def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         tags = range(self._oldest, method.delivery_tag + 1) if method.multiple else (method.delivery_tag,)
         settled = [tag for tag in tags if tag in self._unconfirmed]
@@ -61,7 +62,7 @@ class ConfirmedPublisher:
         while self._oldest <= self._last_tag and self._oldest not in self._unconfirmed:
             self._oldest += 1
 
-    def _on_return(self, _channel, _method, _properties, _body) -> None:
+    def _on_return(self, _channel: Any, _method: Any, _properties: Any, _body: bytes) -> None:
         self._refused += 1
 
     def publish(self, queue_name: str, bodies: Iterable[bytes]) -> int:
@@ -90,13 +91,13 @@ class ConfirmedPublisher:
             refused, self._refused = self._refused, 0
             raise PublishError(f"RabbitMQ refused {refused} messages")
 
-    def publish_all(self, messages: Iterable[tuple[str, bytes]], *, declare: Callable[[str], object]) -> Counter:
+    def publish_all(self, messages: Iterable[tuple[str, bytes]], *, declare: Callable[[str], object]) -> Counter[str]:
         """Publish ``(queue_name, body)`` pairs, declaring each queue first, and wait for every confirm.
 
         Returns how many went to each queue. ``declare`` is Dramatiq's ``broker.declare_queue`` (with
         ``ensure=True``), so that each queue exists with the arguments Dramatiq's workers expect.
         """
-        published: Counter = Counter()
+        published: Counter[str] = Counter()
         for queue_name, group in itertools.groupby(messages, key=lambda pair: pair[0]):
             if queue_name not in published:
                 declare(queue_name)
@@ -117,5 +118,5 @@ class ConfirmedPublisher:
     def __enter__(self) -> ConfirmedPublisher:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
-import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
 from antrian.amqp.publisher import ConfirmedPublisher
@@ -31,7 +33,7 @@ IDLE_WAIT_S = 5.0
 MIN_RETRY_S, MAX_RETRY_S = 0.5, 10.0
 
 
-def add(connection: Connection, contract: Contract, *args) -> None:
+def add(connection: Connection, contract: Contract, *args: Any) -> None:
     """Write one message for ``contract`` in the caller's transaction; it leaves only if that commits."""
     connection.execute(insert(OutboxMessage).values(queue_name=contract.queue, body=contract.encode(*args)))
 
@@ -56,15 +58,15 @@ class OutboxRelay:
       broker_url: where to publish.
     """
 
-    def __init__(self, engine: Engine, broker: dramatiq.Broker, broker_url: str, *, batch_size: int = BATCH_SIZE):
+    def __init__(self, engine: Engine, broker: RabbitmqBroker, broker_url: str, *, batch_size: int = BATCH_SIZE):
         self.engine = engine
         self.broker = broker
         self.broker_url = broker_url
         self.batch_size = batch_size
         self._publisher: ConfirmedPublisher | None = None
-        self._on_published = None
+        self._on_published: Callable[[str, int], object] | None = None
 
-    def on_published(self, callback) -> None:
+    def on_published(self, callback: Callable[[str, int], object]) -> None:
         """Call ``callback(queue_name, count)`` after each confirmed batch (for metrics)."""
         self._on_published = callback
 
@@ -102,7 +104,7 @@ class OutboxRelay:
         Outages of RabbitMQ or PostgreSQL are waited out with backoff; the rows wait in the table.
         """
         delay = MIN_RETRY_S
-        listener = None
+        listener: Connection | None = None
         while not stop.is_set():
             try:
                 if listener is None:
@@ -112,13 +114,17 @@ class OutboxRelay:
                     logger.info("outbox relay is publishing again")
                 delay = MIN_RETRY_S
                 # Wake on the next commit that wrote a row, or after IDLE_WAIT_S.
-                for _ in listener.connection.driver_connection.notifies(timeout=IDLE_WAIT_S, stop_after=1):
+                driver = listener.connection.driver_connection
+                if driver is None:  # psycopg's connection is gone: an outage like any other (AttributeError, as before)
+                    raise AttributeError("the listening connection has no psycopg connection any more")
+                for _ in driver.notifies(timeout=IDLE_WAIT_S, stop_after=1):
                     pass
             except Exception as exc:  # noqa: BLE001 - an outage must not end the relay
                 if delay == MIN_RETRY_S:
                     logger.warning("outbox relay cannot publish, retrying: %s", exc)
                 self._reset()
-                listener = _close_quietly(listener)
+                _close_quietly(listener)
+                listener = None
                 stop.wait(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
         self._reset()
@@ -128,7 +134,7 @@ class OutboxRelay:
         """Close the publishing connection (``run`` does it when stopped)."""
         self._reset()
 
-    def _listen(self):
+    def _listen(self) -> Connection:
         connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql(f"LISTEN {CHANNEL}")
         return connection

@@ -1,7 +1,9 @@
 """Seats: a booking takes them from its tour's quota and gives them back exactly once when it ends.
 
-Both run inside the caller's transaction, so that the seats move together with the booking's
-status: the payment notification, the API and the expiry sweep share these two functions.
+Each runs inside the caller's transaction, so that the seats move together with the booking's
+status. The expiry sweep and the payment notifications end bookings here; a late payment takes
+the seats again here. A new booking takes its seats in the same statement that inserts it
+(``sync_api.bookings.booking``), so that a booking and its seats can never exist apart.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def expire_due_bookings(connection: Connection, limit: int) -> list[EndedBooking
     return _end(connection, chosen, "expired", limit=limit)
 
 
-def _end(connection: Connection, chosen: str, status: str, **parameters) -> list[EndedBooking]:
+def _end(connection: Connection, chosen: str, status: str, **parameters: object) -> list[EndedBooking]:
     """The one statement both ways of ending bookings share: ``chosen`` selects the candidates' ids."""
     if status not in ENDED_STATUSES:
         raise ValueError(f"a booking ends as one of {ENDED_STATUSES}, not {status!r}")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from types import ModuleType
+from typing import Any
 
 import click
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from antrian.cli import demo
 from antrian.cli.jobs import jobs, queues
+from antrian.config import Settings
 from antrian.db import engine as db
 from antrian.db import migrate as schema
 from antrian.errors import DependencyUnavailable, RunAlreadyRunning
@@ -93,11 +97,11 @@ def sync_start(wait: bool) -> None:
         click.echo(json.dumps(run))
 
 
-def _follow(engine, run_id: int) -> dict:
+def _follow(engine: Engine, run_id: int) -> dict[str, Any]:
     """Draw a progress bar until the run finishes; return its final state."""
     from tqdm import tqdm
 
-    run = sync_runs.get_run(engine, run_id)
+    run = _started_run(engine, run_id)
     with tqdm(total=run["total"], unit="student", desc=f"sync run {run_id}", dynamic_ncols=True) as bar:
         while True:
             bar.total = run["total"]
@@ -106,7 +110,15 @@ def _follow(engine, run_id: int) -> dict:
             if not run["isRunning"]:
                 return run
             time.sleep(POLL_INTERVAL_S)
-            run = sync_runs.get_run(engine, run_id)
+            run = _started_run(engine, run_id)
+
+
+def _started_run(engine: Engine, run_id: int) -> dict[str, Any]:
+    """The run ``sync start`` made. Nothing deletes runs; one deleted by hand meanwhile fails as it always did."""
+    run = sync_runs.get_run(engine, run_id)
+    if run is None:  # a TypeError, like the subscript of None it replaces
+        raise TypeError(f"sync run {run_id} is gone: it was deleted while being followed")
+    return run
 
 
 @main.group()
@@ -114,12 +126,13 @@ def schedule() -> None:
     """Scheduled tasks (Laravel's schedule:list, schedule:run and schedule:work)."""
 
 
-def _scheduled(*, broker: bool):
+def _scheduled(*, broker: bool) -> tuple[Settings, Engine, ModuleType]:
     from antrian import schedule as scheduling
 
     # ``booking-expiry-scheduler`` runs ``schedule work`` under its own name: errors say which program failed.
     root = click.get_current_context().find_root().info_name
-    settings = settings_or_exit("antrian schedule" if root == "antrian" else root, broker=broker)
+    # (info_name is None only for a context built by hand: then the program is called "None", as it always was.)
+    settings = settings_or_exit("antrian schedule" if root == "antrian" else str(root), broker=broker)
     return settings, db.make_engine(settings.database_url), scheduling
 
 

@@ -68,7 +68,8 @@ def seed_tours(engine: Engine, count: int, *, seed: int = 7, now: datetime | Non
 
 def has_students(engine: Engine) -> bool:
     with engine.connect() as connection:
-        return connection.execute(text("SELECT EXISTS (SELECT 1 FROM students)")).scalar_one()
+        found: bool = connection.execute(text("SELECT EXISTS (SELECT 1 FROM students)")).scalar_one()
+        return found
 
 
 def has_tours(engine: Engine) -> bool:

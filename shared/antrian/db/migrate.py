@@ -24,6 +24,8 @@ def create_database_if_missing(database_url: str) -> bool:
                 text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
             ).scalar()
             if not exists:
+                if url.database is None:  # antrian.config refuses such a URL; this is for a caller that did not ask it
+                    raise ValueError("the database URL names no database")
                 quoted = connection.dialect.identifier_preparer.quote(url.database)
                 connection.execute(text(f"CREATE DATABASE {quoted}"))
             return not exists

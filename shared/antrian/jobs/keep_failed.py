@@ -15,6 +15,7 @@ import socket
 import threading
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import dramatiq
 import pika
@@ -82,7 +83,7 @@ class KeepFailedJobs(Middleware):
                     self._engine = make_engine(self.database_url, pool_size=1, max_overflow=10, autocommit=True)
         return self._engine
 
-    def before_process_message(self, broker, message):
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if message.options.get(failed_jobs.RETRIED_FROM) is not None:
             # A retried message runs again: it is not a failed job any more (should it fail again, it is
             # stored again). This also clears the row of a retry whose confirm was lost but whose message came.
@@ -94,7 +95,7 @@ class KeepFailedJobs(Middleware):
                         message.message_id, extra={"event": "failed_job_redelivered", "message_id": message.message_id})
             raise SkipMessage("stored as a failed job already")
 
-    def _forget(self, message) -> None:
+    def _forget(self, message: dramatiq.MessageProxy) -> None:
         def work() -> None:
             with self.engine().connect() as connection:
                 failed_jobs.forget(connection, message.message_id)
@@ -104,7 +105,7 @@ class KeepFailedJobs(Middleware):
         except Exception as exc:  # noqa: BLE001 - the job runs anyway; a stale row is retried as a duplicate
             logger.warning("could not clear the failed job of message %s: %s", message.message_id, exc)
 
-    def _stored(self, message) -> int | None:
+    def _stored(self, message: dramatiq.MessageProxy) -> int | None:
         try:
             with self.engine().connect() as connection:
                 return failed_jobs.stored_id(connection, message.message_id)
@@ -112,15 +113,16 @@ class KeepFailedJobs(Middleware):
             logger.warning("could not look up message %s in failed_jobs: %s", message.message_id, exc)
             return None
 
-    def after_process_message(self, broker, message, *, result=None, exception=None):
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, *,
+                              result: Any | None = None, exception: BaseException | None = None) -> None:
         if message.failed:
             self._keep(message, exception, attempts=_attempts(broker, message, exception))
 
-    def after_skip_message(self, broker, message):
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         if message.failed:  # AgeLimit: too old to run
             self._keep(message, getattr(message, "_exception", None), attempts=message.options.get("retries", 0))
 
-    def after_worker_boot(self, broker, worker):
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._importer = DeadLetterImporter(
             broker_url=self.broker_url,
             queues=lambda: [q for q in broker.get_declared_queues() if not q.endswith((".DQ", ".XQ"))],
@@ -128,11 +130,11 @@ class KeepFailedJobs(Middleware):
         )
         self._importer.start()
 
-    def before_worker_shutdown(self, broker, worker):
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._importer is not None:
             self._importer.stop()
 
-    def store(self, message: dramatiq.Message, failure: failed_jobs.Failure) -> int:
+    def store(self, message: dramatiq.Message[Any] | dramatiq.MessageProxy, failure: failed_jobs.Failure) -> int:
         """Store one failed message (upsert by message id); retried while the database restarts."""
 
         def work() -> int:
@@ -141,7 +143,7 @@ class KeepFailedJobs(Middleware):
 
         return retry_on_disconnect(work, window_s=STORE_WINDOW_S)
 
-    def _keep(self, message, exception: BaseException | None, *, attempts: int) -> None:
+    def _keep(self, message: dramatiq.MessageProxy, exception: BaseException | None, *, attempts: int) -> None:
         failure = describe(exception, attempts=attempts)
         try:
             job_id = self.store(message, failure)
@@ -164,9 +166,9 @@ class KeepFailedJobs(Middleware):
         )
 
 
-def _attempts(broker, message, exception: BaseException | None) -> int:
+def _attempts(broker: dramatiq.Broker, message: dramatiq.MessageProxy, exception: BaseException | None) -> int:
     """How many times the message ran: Retries counts every attempt but one that ``throws`` ended."""
-    retries = message.options.get("retries", 0)
+    retries: int = message.options.get("retries", 0)
     if exception is None or isinstance(exception, SkipMessage):
         return max(retries, 1)
     try:
@@ -177,12 +179,12 @@ def _attempts(broker, message, exception: BaseException | None) -> int:
     return retries + 1 if throws and isinstance(exception, throws) else max(retries, 1)
 
 
-def _short_args(message) -> str:
+def _short_args(message: dramatiq.MessageProxy) -> str:
     text = ", ".join(repr(arg) for arg in message.args)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _dead_letter(body: bytes, dead_letters: str) -> tuple[dramatiq.Message, failed_jobs.Failure]:
+def _dead_letter(body: bytes, dead_letters: str) -> tuple[dramatiq.Message[Any], failed_jobs.Failure]:
     """The message and what is known of its failure; an undecodable body is kept whole (base64) in a
     message of actor ``(undecodable)``, so that it is seen rather than blocking the queue."""
     try:
@@ -210,7 +212,7 @@ class DeadLetterImporter(threading.Thread):
     """
 
     def __init__(self, *, broker_url: str, queues: Callable[[], list[str]],
-                 store: Callable[[dramatiq.Message, failed_jobs.Failure], int]) -> None:
+                 store: Callable[[dramatiq.Message[Any], failed_jobs.Failure], int]) -> None:
         super().__init__(name="dead-letter-importer", daemon=True)
         self.broker_url = broker_url
         self.queues = queues
@@ -240,7 +242,7 @@ class DeadLetterImporter(threading.Thread):
                 connection.close()
         return imported
 
-    def _import_queue(self, channel, dead_letters: str) -> int:
+    def _import_queue(self, channel: pika.adapters.blocking_connection.BlockingChannel, dead_letters: str) -> int:
         imported = 0
         while not self._stop.is_set():
             method, _properties, body = channel.basic_get(dead_letters)

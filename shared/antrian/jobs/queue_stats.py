@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
@@ -50,7 +51,7 @@ class QueueStats:
     #: ``management`` or ``amqp`` (no rates, no unacknowledged count).
     source: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -67,7 +68,7 @@ def management_url(settings: Settings) -> str:
 def collect(settings: Settings, engine: Engine) -> list[QueueStats]:
     """Every SPEC queue and every queue with failed jobs, sorted by name."""
     with engine.connect() as connection:
-        stored = Counter()
+        stored: Counter[str] = Counter()
         for queue, _actor, count in failed_jobs.counts(connection):
             stored[queue] += count
     names = sorted(set(SPEC_QUEUES) | set(stored))
@@ -79,10 +80,13 @@ def collect(settings: Settings, engine: Engine) -> list[QueueStats]:
     return [_fold(name, raw, stored[name]) for name in names]
 
 
-def _from_management(settings: Settings) -> dict[str, dict]:
+def _from_management(settings: Settings) -> dict[str, dict[str, Any]]:
     parts = urlsplit(management_url(settings))
     auth = (parts.username or "guest", parts.password or "guest")
-    base = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), "", "", ""))
+    # antrian.config refuses a management URL without a scheme or a host; an IPv6 host keeps its brackets
+    hostname = parts.hostname or "localhost"
+    host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
+    base = urlunsplit((parts.scheme, host, "", "", ""))
     vhost = quote(pika.URLParameters(settings.broker_url.split(";")[0]).virtual_host, safe="")
     response = requests.get(f"{base}/api/queues/{vhost}", auth=auth, timeout=MANAGEMENT_TIMEOUT_S,
                             params={"columns": "name,messages_ready,messages_unacknowledged,consumers,message_stats"})
@@ -90,7 +94,7 @@ def _from_management(settings: Settings) -> dict[str, dict]:
     return {queue["name"]: queue for queue in response.json()}
 
 
-def _fold(name: str, raw: dict[str, dict], stored: int) -> QueueStats:
+def _fold(name: str, raw: dict[str, dict[str, Any]], stored: int) -> QueueStats:
     queue, delayed, dead = raw.get(name, {}), raw.get(dq_name(name), {}), raw.get(xq_name(name), {})
     stats = queue.get("message_stats") or {}
     return QueueStats(
@@ -106,8 +110,8 @@ def _fold(name: str, raw: dict[str, dict], stored: int) -> QueueStats:
     )
 
 
-def _from_amqp(broker_url: str, names: list[str], stored: Counter) -> dict[str, QueueStats]:
-    stats = {}
+def _from_amqp(broker_url: str, names: list[str], stored: Counter[str]) -> dict[str, QueueStats]:
+    stats: dict[str, QueueStats] = {}
     try:
         connection = pika.BlockingConnection(connection_parameters(broker_url))
     except AMQPError as exc:
@@ -129,7 +133,7 @@ def _from_amqp(broker_url: str, names: list[str], stored: Counter) -> dict[str, 
     return stats
 
 
-def _declared(connection, queue: str) -> tuple[int, int]:
+def _declared(connection: pika.BlockingConnection, queue: str) -> tuple[int, int]:
     """``(ready messages, consumers)`` of a queue by a passive declare; ``(0, 0)`` when it does not exist."""
     channel = connection.channel()
     try:

@@ -22,5 +22,5 @@ def qr_png(text: str) -> QrImage:
     code = segno.make_qr(text, error="m")
     buffer = io.BytesIO()
     code.save(buffer, kind="png", scale=SCALE, border=BORDER)
-    width, _ = code.symbol_size(scale=SCALE, border=BORDER)
-    return QrImage(buffer.getvalue(), width)
+    width, _ = code.symbol_size(scale=SCALE, border=BORDER)  # an int for an int scale (segno's stub says int | float)
+    return QrImage(buffer.getvalue(), int(width))

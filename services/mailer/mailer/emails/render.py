@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
+from typing import cast
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
@@ -76,7 +77,8 @@ def render(kind: str, booking: BookingDetails, sender: Sender, *, message_id: st
     message.add_alternative(_templates.get_template(f"{kind}.html").render(context), subtype="html")
     if kind == ETICKET:
         # multipart/alternative(text/plain, multipart/related(text/html, image/png)).
-        html = message.get_payload()[1]
+        # The payload of a multipart EmailMessage is the list of its parts, each an EmailMessage too.
+        html = cast("list[EmailMessage]", message.get_payload())[1]
         html.add_related(
             qr.png, maintype="image", subtype="png", cid=f"<{qr_cid}>", disposition="inline",
             filename=f"eticket-{booking.code}.png",

@@ -1,1 +1,1 @@
-"""Web plumbing shared by every blueprint: auth, errors, validation, paging, health, metrics, admin pages."""
+"""Web plumbing shared by every blueprint: auth, errors, validation, paging, health, HTTP and state metrics."""

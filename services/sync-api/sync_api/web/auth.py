@@ -12,7 +12,9 @@ from sync_api.web.errors import error
 
 def token_is_valid(candidate: str | None) -> bool:
     expected = current_app.config["ANTRIAN"].api_token
-    return bool(candidate) and hmac.compare_digest(candidate.encode(), expected.encode())
+    if not candidate:
+        return False
+    return hmac.compare_digest(candidate.encode(), expected.encode())
 
 
 def bearer_token() -> str | None:

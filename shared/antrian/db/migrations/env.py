@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import text
+from sqlalchemy.exc import ArgumentError
 
 from antrian.db.engine import make_engine
 from antrian.db.models import Base
@@ -15,7 +16,10 @@ config = context.config
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(config.get_main_option("sqlalchemy.url"), pool_size=1, max_overflow=0)
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:  # antrian.db.migrate.alembic_config always sets it; create_engine(None) raises this too
+        raise ArgumentError("sqlalchemy.url is not set: migrations run through antrian.db.migrate")
+    engine = make_engine(url, pool_size=1, max_overflow=0)
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         connection.commit()
