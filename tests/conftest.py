@@ -9,9 +9,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from antrian.db.migrate import upgrade
-
-from .smtp import SmtpServer
-from .support import (
+from tests.smtp import SmtpServer
+from tests.support import (
     API_TOKEN,
     BIN,
     BROKER_URL,

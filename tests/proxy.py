@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from .support import free_port
+from tests.support import free_port
 
 
 class FreezableProxy:

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
 
-from .support import free_port
+from tests.support import free_port
 
 
 class SmtpServer:

@@ -202,6 +202,39 @@ def queue_depth(queue: str, broker_url: str = BROKER_URL) -> int:
             connection.close()
 
 
+def queue_counts(vhost: str = TEST_VHOST) -> dict[str, tuple[int, int]]:
+    """Each queue of the vhost: (ready, unacknowledged), read by RabbitMQ itself (not the lagging statistics)."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged",
+         "--no-table-headers"], check=True, timeout=60, capture_output=True, text=True,
+    ).stdout
+    counts = {}
+    for line in listed.splitlines():
+        name, ready, unacked = line.split()
+        counts[name] = (int(ready), int(unacked))
+    return counts
+
+
+def settled(*, timeout: float = 30) -> None:
+    """Wait until no message is anywhere in flight: every queue (delayed and dead-letter ones too) holds
+    nothing ready and nothing unacknowledged. Then no retry, redelivery or second copy can still come: the
+    positive signal that "nothing else happens", instead of a sleep. (The outbox is the only other
+    source of messages: wait for it to drain first where a test writes to it.)"""
+    wait_until(lambda: all(counts == (0, 0) for counts in queue_counts().values()), timeout=timeout,
+               interval=0.3, what="every queue empty, nothing unacknowledged")
+
+
+def outbox_drained(engine, *, timeout: float = 30) -> None:
+    """Wait until the outbox relay has published (and deleted) every row of the outbox."""
+    from sqlalchemy import text
+
+    def empty() -> bool:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT count(*) FROM outbox")).scalar_one() == 0
+
+    wait_until(empty, timeout=timeout, what="the outbox relayed")
+
+
 def take_messages(queue: str, broker_url: str = BROKER_URL) -> list[dict]:
     """Consume and return every message waiting on ``queue`` (decoded Dramatiq messages)."""
     connection = pika.BlockingConnection(pika.URLParameters(broker_url))

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from .support import BIN, ROOT, base_env, purge_queues, take_messages
-from .sync_api.helpers import expected_failures
+from tests.support import BIN, ROOT, base_env, purge_queues, take_messages
+from tests.sync_api.sync.helpers import expected_failures
 
 ANTRIAN = str(BIN / "antrian")
 #: Seconds any one ``antrian`` call may take before the test gives up on it.

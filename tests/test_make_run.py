@@ -19,9 +19,8 @@ import requests
 from sqlalchemy import text
 
 from antrian.cli.demo import seed_students
-
-from .bookings import book, create_tour, quota
-from .support import API_TOKEN, ROOT, base_env, free_port, show_output_if_failed, wait_until
+from tests.support import API_TOKEN, ROOT, base_env, free_port, show_output_if_failed, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour, quota
 
 READY = "Ctrl-C stops everything."
 #: What a developer's shell may hold that would change what make run starts.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import Engine, text
 
-from ..support import BIN, Service, base_env, wait_until
+from tests.support import BIN, Service, base_env, wait_until
 
 
 class Tours:

@@ -12,8 +12,7 @@ from sqlalchemy import Engine, text
 from antrian.config import load_settings
 from antrian.messages import EXPIRE_UNPAID_BOOKINGS
 from antrian.runtime.broker import make_broker
-
-from ..support import BROKER_URL, DATABASE_URL, log_events, metric  # noqa: F401 - re-exported for the tests here
+from tests.support import BROKER_URL, DATABASE_URL, log_events, metric  # noqa: F401 - re-exported for the tests here
 
 #: One statement inserts the bookings and takes their seats from their tours (pending and paid ones hold
 #: seats; the others do not), exactly as booking over the API would have. Booking ``g`` goes to tour

@@ -18,10 +18,9 @@ from antrian import schedule
 from antrian.config import load_settings
 from antrian.errors import DependencyUnavailable
 from antrian.runtime.broker import make_broker
-
-from ..bookings import book, create_tour, quota
-from ..support import BIN, BROKER_URL, DATABASE_URL, ROOT, base_env, queue_depth, take_messages, wait_until
-from .helpers import log_events, metric
+from tests.booking_expiry.helpers import log_events, metric
+from tests.support import BIN, BROKER_URL, DATABASE_URL, ROOT, base_env, queue_depth, take_messages, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour, quota
 
 #: The sweep's period in these tests: short, so that a test sees several slots in seconds.
 SWEEP_S = 2
@@ -51,7 +50,10 @@ def test_an_unpaid_booking_expires_on_its_own_and_its_seats_come_back(
     created = requests.get(f"{web}/api/bookings/{booking['id']}", headers=auth).json()
     deadline = datetime.fromisoformat(created["expires_at"]) - datetime.fromisoformat(created["created_at"])
     assert deadline.total_seconds() == 60  # BOOKING_EXPIRY_MINUTES=1
-    time.sleep(SWEEP_S + 0.5)  # a sweep or two run meanwhile and leave it alone: its minute is not up
+    # Two sweeps end meanwhile (so the second surely began after the booking) and leave it alone: its minute is
+    # not up
+    swept = len(log_events(worker.log(), event="sweep_done"))
+    wait_until(lambda: len(log_events(worker.log(), event="sweep_done")) >= swept + 2, timeout=30, what="two sweeps")
     assert requests.get(f"{web}/api/bookings/{booking['id']}", headers=auth).json()["status"] == "pending"
 
     # And its minute passes: moved into the past with SQL, so that the test need not wait the minute out

@@ -15,9 +15,14 @@ from booking_expiry.bookings import sweep
 from mailer.emails.deliveries import Deliveries
 from mailer.emails.render import INVOICE, Sender
 from sync_api.bookings import payments
-
-from ..support import DATABASE_URL, wait_until
-from .helpers import add_bookings, advisory_locks, bookings_by_status, sweep_backend_waiting, tour_row_locked
+from tests.booking_expiry.helpers import (
+    add_bookings,
+    advisory_locks,
+    bookings_by_status,
+    sweep_backend_waiting,
+    tour_row_locked,
+)
+from tests.support import DATABASE_URL, wait_until
 
 
 def skipped_total() -> float:

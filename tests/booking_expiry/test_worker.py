@@ -6,8 +6,7 @@ import time
 
 from sqlalchemy import text
 
-from ..support import queue_depth, wait_until
-from .helpers import (
+from tests.booking_expiry.helpers import (
     add_bookings,
     advisory_locks,
     bookings_by_status,
@@ -18,6 +17,7 @@ from .helpers import (
     sweep_backend_waiting,
     tour_row_locked,
 )
+from tests.support import queue_depth, wait_until
 
 
 def test_one_sweep_expires_exactly_the_due_bookings_of_10000_and_gives_their_seats_back(tours, start_expiry_worker):

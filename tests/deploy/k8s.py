@@ -18,7 +18,7 @@ from pathlib import Path
 import kubernetes_validate
 import yaml
 
-from ..support import ROOT
+from tests.support import ROOT
 
 K8S = ROOT / "k8s"
 BASE = K8S / "base"
@@ -63,7 +63,7 @@ def kustomization(name: str) -> dict:
 
 def schema_problems(item: dict) -> list[str]:
     """Why ``item`` is not a valid object, against every schema it must pass; empty when it is valid."""
-    from . import crd_schemas  # here: importing the models takes seconds, and only this needs them
+    from tests.deploy import crd_schemas  # here: importing the models takes seconds, and only this needs them
 
     label = f"{item.get('kind')}/{item.get('metadata', {}).get('name')}"
     if crd_schemas.knows(item):

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from antrian.config import DEFAULT_METRICS_PORTS, Settings
+from tests.support import ROOT
 
-from ..support import ROOT
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
 
 #: The folder of each service under services/, each with its Dockerfile.
 FOLDERS = ("sync-api", "mailer", "booking-expiry")

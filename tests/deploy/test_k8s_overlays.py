@@ -8,8 +8,7 @@ import re
 import pytest
 
 from antrian.config import load_settings
-
-from .k8s import (
+from tests.deploy.k8s import (
     NAME_LABEL,
     OVERLAYS,
     build,
@@ -26,6 +25,9 @@ from .k8s import (
     unhashed,
     workloads,
 )
+
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
 
 NAMESPACES = {"dev": "antrian-dev", "prod": "antrian"}
 #: Kinds that have no namespace: none belongs in these builds (the namespace is made before the Secret).

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from . import crd_schemas
-from .k8s import build, find, schema_problems
+from tests.deploy import crd_schemas
+from tests.deploy.k8s import build, find, schema_problems
+
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
 
 
 def broken(kind: str, name: str, change) -> dict:

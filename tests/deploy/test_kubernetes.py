@@ -12,9 +12,8 @@ import yaml
 
 from antrian.cli import main as antrian_cli
 from antrian.config import Settings, load_settings
-
-from . import SETTING_NAMES
-from .k8s import (
+from tests.deploy import SETTING_NAMES
+from tests.deploy.k8s import (
     BASE,
     BUILDS,
     NAME_LABEL,
@@ -37,6 +36,9 @@ from .k8s import (
     the_container,
     workloads,
 )
+
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
 
 #: The user the images run as (USER 10001:10001 in every Dockerfile).
 IMAGE_UID = 10001

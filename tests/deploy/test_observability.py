@@ -23,11 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from antrian.cli.demo import seed_students
-
-from ..booking_expiry.helpers import add_bookings, send_sweep
-from ..bookings import book, create_tour, notification, notify
-from ..support import ROOT, metric, wait_until
-from ..sync_api.helpers import wait_for_run
+from tests.booking_expiry.helpers import add_bookings, send_sweep
+from tests.support import ROOT, metric, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour, notification, notify
+from tests.sync_api.sync.helpers import wait_for_run
 
 OBSERVABILITY = ROOT / "k8s" / "base" / "observability"
 ALERTS = OBSERVABILITY / "alerts.yaml"

@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from ..support import ROOT, Service, base_env, free_port
+from tests.support import ROOT, Service, base_env, free_port
 
 
 class Sink:

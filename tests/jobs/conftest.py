@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from ..support import Service, send_json, serve
+from tests.support import Service, send_json, serve
 
 
 class SchoolApi:

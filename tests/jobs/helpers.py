@@ -10,8 +10,7 @@ from sqlalchemy import Engine, text
 
 from antrian.jobs import failed_jobs
 from antrian.jobs.keep_failed import describe
-
-from ..support import queue_depth, wait_until
+from tests.support import queue_depth, wait_until
 
 
 def add_students(engine: Engine, idpersons: list[int]) -> None:

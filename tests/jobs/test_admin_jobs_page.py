@@ -9,10 +9,9 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import text
 
 from antrian.messages import EMAILS_QUEUE, EXPIRE_UNPAID_BOOKINGS, SEND_ETICKET_EMAIL, SEND_INVOICE_EMAIL
-
-from ..bookings import book, create_tour
-from ..support import API_TOKEN, wait_until
-from .helpers import failed_rows, store, wait_for_failed
+from tests.jobs.helpers import failed_rows, store, wait_for_failed
+from tests.support import API_TOKEN, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour
 
 #: Milliseconds the page may take to show what changed: it polls every 2 s.
 LIVE_MS = 10_000

@@ -9,12 +9,8 @@ import time
 import requests
 
 from antrian.messages import EMAILS_QUEUE
-
-from ..booking_expiry.helpers import send_sweep
-from ..bookings import book, create_tour
-from ..proxy import FreezableProxy
-from ..support import BROKER_URL, log_events, metric, queue_depth, wait_until
-from .helpers import (
+from tests.booking_expiry.helpers import send_sweep
+from tests.jobs.helpers import (
     add_due_booking,
     add_students,
     dead_letters,
@@ -24,6 +20,9 @@ from .helpers import (
     start_run,
     wait_for_failed,
 )
+from tests.proxy import FreezableProxy
+from tests.support import BROKER_URL, log_events, metric, queue_depth, settled, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour
 
 SPEC_QUEUES = ("sync-pembayaran", "emails", "booking-expiry")
 
@@ -50,7 +49,7 @@ def test_failures_on_every_queue_are_stored_once_with_their_exception(
         send_sweep()
         wait_for_failed(clean, 1, queue_name="booking-expiry")
 
-    time.sleep(3)  # time enough for a second copy of anything to turn up
+    settled()  # nothing in flight: no second copy of anything can still turn up
     rows = {(row["queue_name"], row["actor_name"], tuple(row["args"])): row for row in failed_rows(clean)}
     assert len(failed_rows(clean)) == 4 and len({row["message_id"] for row in rows.values()}) == 4
     transient = rows[("sync-pembayaran", "sync_student_payment", (101, run_id))]
@@ -106,7 +105,7 @@ def test_a_worker_killed_after_storing_a_failure_but_before_its_ack_keeps_it_onc
     second = start_dramatiq("mailer", threads=1, **smtp_server.env())
     wait_until(lambda: queue_depth(EMAILS_QUEUE) == 0 and log_events(second.log(), event="failed_job_redelivered"),
                timeout=30, what="the redelivery acknowledged")
-    time.sleep(1)
+    settled()
     assert smtp_server.attempts == 1 and failed_rows(clean) == [stored]
     assert dead_letters(EMAILS_QUEUE) == 0
     # And the row is still there to retry: the email goes once the server takes it

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import requests
 
 from antrian.messages import EMAILS_QUEUE, EXPIRE_UNPAID_BOOKINGS, SEND_ETICKET_EMAIL, SYNC_STUDENT_PAYMENT
-
-from ..bookings import book, create_tour
-from ..support import free_port, metric, wait_until
-from .helpers import failed_rows, store
+from tests.jobs.helpers import failed_rows, store
+from tests.support import free_port, metric, outbox_drained, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour
 
 
 @pytest.fixture
@@ -140,7 +138,7 @@ def test_queues_fall_back_to_amqp_counts_without_the_management_api(clean, start
     store(clean, EXPIRE_UNPAID_BOOKINGS)
     tour = create_tour(web, auth, quota=5)
     book(web, auth, tour["id"], quantity=1)
-    time.sleep(0.5)  # the outbox relay publishes the invoice job
+    outbox_drained(clean)  # the outbox relay published the invoice job
     body = requests.get(f"{web}/api/queues", headers=auth).json()
     items = {item["name"]: item for item in body["items"]}
     assert items["emails"] == {

@@ -6,9 +6,8 @@ import json
 import subprocess
 
 from antrian.messages import EMAILS_QUEUE, EXPIRE_UNPAID_BOOKINGS, SEND_ETICKET_EMAIL, SYNC_STUDENT_PAYMENT
-
-from ..support import BIN, ROOT, base_env, free_port, take_messages
-from .helpers import failed_rows, store
+from tests.jobs.helpers import failed_rows, store
+from tests.support import BIN, ROOT, base_env, free_port, take_messages
 
 
 def antrian(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -4,15 +4,13 @@ a student retried after the school API recovers turns the run's failure into a s
 from __future__ import annotations
 
 import subprocess
-import time
 
 import requests
 
 from antrian.messages import EMAILS_QUEUE, SYNC_QUEUE
-
-from ..bookings import book, create_tour
-from ..support import BIN, ROOT, base_env, queue_depth, wait_until
-from .helpers import add_students, failed_rows, run_state, start_run, wait_for_failed
+from tests.jobs.helpers import add_students, failed_rows, run_state, start_run, wait_for_failed
+from tests.support import BIN, ROOT, base_env, queue_depth, settled, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour
 
 STUDENTS = list(range(201, 221))
 DOWN = {203, 207, 211, 215, 219}
@@ -69,7 +67,7 @@ def test_retried_students_turn_their_runs_failures_into_successes_with_exact_cou
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "retried 4 failed jobs"
     wait_until(lambda: set(items(clean, run_id).values()) == {"success"}, timeout=30, what="every student synced")
-    time.sleep(1)
+    settled()
     run = run_state(web, auth, run_id)
     assert (run["processed"], run["failed"], run["successCount"], run["total"]) == (20, 0, 20, 20)
     assert requests.get(f"{web}/api/sync-runs/{run_id}/failures", headers=auth).json() == {"items": [], "total": 0}
@@ -112,7 +110,7 @@ def test_a_retried_email_is_sent_once_and_retry_all_covers_every_queue(
     response = requests.post(f"{web}/api/jobs/failed/retry-all", headers=auth, timeout=10)
     assert response.status_code == 202 and response.json() == {"retried": 2, "queue": None}
     wait_until(lambda: len(smtp_server.messages) == 3, timeout=30, what="every invoice")
-    time.sleep(1)
+    settled()
     subjects = smtp_server.subjects()
     assert len(subjects) == 3
     assert all(sum(b["code"] in subject for subject in subjects) == 1 for b in bookings)

@@ -13,9 +13,8 @@ from sqlalchemy import text
 from antrian.jobs import failed_jobs
 from antrian.jobs.keep_failed import describe
 from antrian.messages import EMAILS_QUEUE, SEND_INVOICE_EMAIL
-
-from ..support import BIN, ROOT, base_env, queue_depth, rabbitmq_stopped, wait_until
-from .helpers import failed_rows
+from tests.jobs.helpers import failed_rows
+from tests.support import BIN, ROOT, base_env, queue_depth, rabbitmq_stopped, wait_until
 
 JOBS = 2_000
 BATCH = 50

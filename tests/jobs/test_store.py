@@ -15,9 +15,8 @@ from antrian.jobs import failed_jobs
 from antrian.jobs.keep_failed import KeepFailedJobs, describe
 from antrian.messages import SEND_ETICKET_EMAIL
 from antrian.runtime.broker import make_broker
-
-from ..support import BROKER_URL, DATABASE_URL, take_messages
-from .helpers import failed_rows, store
+from tests.jobs.helpers import failed_rows, store
+from tests.support import BROKER_URL, DATABASE_URL, take_messages
 
 
 def settings():

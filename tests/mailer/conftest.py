@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ..smtp import SmtpServer
-from ..support import Service
+from tests.smtp import SmtpServer
+from tests.support import Service
 
 
 @pytest.fixture

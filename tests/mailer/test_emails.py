@@ -13,9 +13,9 @@ import zxingcpp
 from PIL import Image
 from sqlalchemy import text
 
-from ..bookings import book, create_tour, notification, notify
-from ..proxy import FreezableProxy
-from ..support import BROKER_URL, queue_depth, rabbitmq_stopped, wait_until
+from tests.proxy import FreezableProxy
+from tests.support import BROKER_URL, queue_depth, rabbitmq_stopped, settled, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour, notification, notify
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_a_booking_made_while_rabbitmq_is_stopped_gets_its_invoice_once_it_is_ba
         time.sleep(1)
         assert smtp_server.messages == []
     wait_until(lambda: smtp_server.messages, timeout=60, what="the invoice after RabbitMQ came back")
-    time.sleep(3)  # a second copy would arrive by now
+    settled()  # nothing in flight: a second copy could not still come
     assert len(smtp_server.messages) == 1 and response.json()["code"] in smtp_server.subjects()[0]
     assert delivery(engine, response.json()["id"], "invoice")["status"] == "sent"
 
@@ -139,7 +139,7 @@ def test_451_twice_then_accepted_is_one_email_after_three_attempts(web, auth, sm
     tour = create_tour(web, auth, quota=10)
     booking = book(web, auth, tour["id"], quantity=1).json()
     wait_until(lambda: smtp_server.messages, timeout=60, what="the invoice after two refusals")
-    time.sleep(2)
+    settled()
     assert len(smtp_server.messages) == 1 and smtp_server.attempts == 3
     assert delivery(engine, booking["id"], "invoice")["status"] == "sent"
     assert delivery(engine, booking["id"], "invoice")["attempts"] == 3
@@ -152,7 +152,7 @@ def test_550_fails_at_once_and_is_kept_as_a_failed_job(web, auth, smtp_server, s
     tour = create_tour(web, auth, quota=10)
     booking = book(web, auth, tour["id"], quantity=1).json()
     wait_until(lambda: failed_job(engine), timeout=30, what="the refused invoice kept as a failed job")
-    time.sleep(2)
+    settled()
     assert smtp_server.attempts == 1 and smtp_server.messages == []
     job = failed_job(engine)
     assert job.args == [booking["id"]] and job.attempts == 1 and "550 5.1.1 No such user here" in job.exception
@@ -173,7 +173,7 @@ def test_an_invoice_for_a_booking_paid_before_it_could_go_is_not_sent(web, auth,
     mailer = start_mailer(smtp_server)
     wait_until(lambda: smtp_server.messages, timeout=20, what="the e-ticket")
     wait_until(lambda: queue_depth("emails") == 0, timeout=10, what="both messages handled")
-    time.sleep(1)
+    settled()
     assert [str(message["Message-ID"]) for message in smtp_server.messages] == [
         f"<eticket.{booking['code']}@tripin.example>"
     ]

@@ -17,6 +17,9 @@ from mailer.emails.bookings import BookingDetails
 from mailer.emails.filters import rupiah, wib
 from mailer.emails.render import ETICKET, INVOICE, Sender, message_id_for, render
 
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
+
 SENDER = Sender("noreply@tours.example", "Nusantara Tours")
 BOOKING = BookingDetails(
     id=42,

@@ -19,6 +19,9 @@ from mailer.errors import EmailDeferred, EmailRefused
 from mailer.transport import FileTransport, SmtpTransport
 from tests.support import free_port, wait_until
 
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
+
 
 class Mailbox:
     """An aiosmtpd handler that keeps what it receives and refuses some recipients on purpose."""

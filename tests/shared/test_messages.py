@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dramatiq
+import pytest
 
 from antrian.messages import SYNC_STUDENT_PAYMENT
+
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
 
 
 def test_encode_is_what_dramatiq_would_send():

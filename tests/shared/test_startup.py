@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from ..support import BIN, base_env
+from tests.support import BIN, base_env
 
 CLOSED_DATABASE = "postgresql://postgres@127.0.0.1:1/antrian"
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1/"

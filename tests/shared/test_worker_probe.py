@@ -6,8 +6,8 @@ import os
 import signal
 import subprocess
 
-from ..proxy import FreezableProxy
-from ..support import BIN, BROKER_URL, base_env, wait_until
+from tests.proxy import FreezableProxy
+from tests.support import BIN, BROKER_URL, base_env, wait_until
 
 
 def children(pid: int) -> list[int]:

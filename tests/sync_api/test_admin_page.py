@@ -8,9 +8,8 @@ import requests
 from playwright.sync_api import Page, expect
 
 from antrian.cli.demo import seed_students
-
-from ..support import API_TOKEN
-from .helpers import expected_failures
+from tests.support import API_TOKEN
+from tests.sync_api.sync.helpers import expected_failures
 
 STUDENTS, PERMANENT = 200, 0.05
 #: The keys of the old admin page's progress JSON, which the new page keeps answering.

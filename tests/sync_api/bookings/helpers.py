@@ -7,7 +7,7 @@ import hashlib
 import requests
 from sqlalchemy import text
 
-from .support import PAYMENT_SERVER_KEY
+from tests.support import PAYMENT_SERVER_KEY
 
 
 def create_tour(web, auth, *, quota=50, price=1_500_000) -> dict:

@@ -9,8 +9,8 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from ..bookings import book, create_tour, quota
-from ..support import queue_depth, take_messages, wait_until
+from tests.support import queue_depth, take_messages, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour, quota
 
 EXPIRY_MINUTES = 45
 

@@ -13,9 +13,7 @@ from antrian.config import load_settings
 from antrian.db.engine import make_engine
 from antrian.messages import SEND_INVOICE_EMAIL
 from antrian.runtime.broker import make_broker
-
-from ..bookings import book, create_tour
-from ..support import (
+from tests.support import (
     BROKER_URL,
     DATABASE_URL,
     queue_depth,
@@ -25,6 +23,7 @@ from ..support import (
     take_messages,
     wait_until,
 )
+from tests.sync_api.bookings.helpers import book, create_tour
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ from sqlalchemy import Engine, text
 
 from antrian.cli.demo import FIRST_IDPERSON
 from dev.school_api import behaviour, payment_data
-
-from ..support import wait_until
+from tests.support import wait_until
 
 
 def idpersons(count: int) -> list[int]:

@@ -11,8 +11,7 @@ from sqlalchemy import text
 from antrian.cli.demo import seed_students
 from antrian.config import load_settings
 from sync_api import create_app
-
-from ..support import API_TOKEN, BROKER_URL, DATABASE_URL, queue_depth
+from tests.support import API_TOKEN, BROKER_URL, DATABASE_URL, queue_depth
 
 SETTINGS = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL, api_token=API_TOKEN)
 

@@ -18,9 +18,8 @@ from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
 from sync_api.sync.student_sync import StudentSync
 from sync_api.sync.upstream import SchoolApi
-
-from ..support import BROKER_URL, DATABASE_URL, queue_depth, wait_until
-from .helpers import idpersons
+from tests.support import BROKER_URL, DATABASE_URL, queue_depth, wait_until
+from tests.sync_api.sync.helpers import idpersons
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
 from sync_api.sync import fanout
-
-from ..support import BROKER_URL, DATABASE_URL, purge_queues
-from .helpers import idpersons
+from tests.support import BROKER_URL, DATABASE_URL, purge_queues
+from tests.sync_api.sync.helpers import idpersons
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from antrian.cli.demo import seed_students
 from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
-
-from ..support import BROKER_URL, DATABASE_URL, restart_postgresql, restart_rabbitmq, wait_until
-from .helpers import assert_exact_outcome, expected_failures
+from tests.support import BROKER_URL, DATABASE_URL, restart_postgresql, restart_rabbitmq, wait_until
+from tests.sync_api.sync.helpers import assert_exact_outcome, expected_failures
 
 PERMANENT = 0.02
 

@@ -14,9 +14,8 @@ from antrian.cli.demo import seed_students
 from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
-
-from ..support import BROKER_URL, DATABASE_URL, queue_depth, send_json, serve, wait_until
-from .helpers import idpersons
+from tests.support import BROKER_URL, DATABASE_URL, queue_depth, send_json, serve, wait_until
+from tests.sync_api.sync.helpers import idpersons
 
 ALWAYS_503, RATE_LIMITED, NOT_FOUND, STATUS_FALSE, FLAKY, FINE = idpersons(6)
 

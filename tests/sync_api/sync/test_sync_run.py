@@ -5,9 +5,8 @@ from __future__ import annotations
 import requests
 
 from antrian.cli.demo import seed_students
-
-from ..support import wait_until
-from .helpers import assert_exact_outcome, expected_failures, wait_for_run
+from tests.support import wait_until
+from tests.sync_api.sync.helpers import assert_exact_outcome, expected_failures, wait_for_run
 
 TRANSIENT, PERMANENT = 0.10, 0.02
 

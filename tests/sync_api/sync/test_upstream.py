@@ -8,8 +8,10 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from sync_api.sync.upstream import PermanentUpstreamError, SchoolApi, TransientUpstreamError
+from tests.support import free_port, send_json, serve
 
-from ..support import free_port, send_json, serve
+#: Fast tier: in process, or offline (make test-fast).
+pytestmark = pytest.mark.fast
 
 
 class Scripted(BaseHTTPRequestHandler):
