@@ -5,29 +5,24 @@ from __future__ import annotations
 import dramatiq
 from sqlalchemy import Engine
 
-from antrian.config import Settings, load_settings
+from antrian.config import Settings
 from antrian.db.engine import make_engine
 from antrian.messages import BOOKING_EXPIRY_QUEUE, EXPIRE_UNPAID_BOOKINGS
+from antrian.runtime.per_process import PerProcess
 from booking_expiry.bookings import sweep
 from booking_expiry.bookings.retries import SWEEP
 
-_engine: Engine | None = None
+
+def _engine(settings: Settings) -> Engine:
+    return make_engine(settings.database_url, pool_size=settings.db_pool_size_for("booking-expiry"))
 
 
-def configure(settings: Settings) -> None:
-    global _engine
-    _engine = make_engine(settings.database_url, pool_size=settings.db_pool_size_for("booking-expiry"))
-
-
-def engine() -> Engine:
-    if _engine is None:
-        configure(load_settings())
-    if _engine is None:  # configure() always sets it: this only tells the type checker so
-        raise RuntimeError("configure() did not make the engine")
-    return _engine
+#: This process's engine; the worker's boot calls ``configure(settings)``.
+engine = PerProcess(_engine)
+configure = engine.configure
 
 
 @dramatiq.actor(actor_name=EXPIRE_UNPAID_BOOKINGS.actor, queue_name=BOOKING_EXPIRY_QUEUE, **SWEEP.actor_options())
 def expire_unpaid_bookings() -> None:
     """Expire every pending booking past its deadline and give its seats back (skips if a sweep is running)."""
-    sweep.sweep(engine())
+    sweep.sweep(engine.get())

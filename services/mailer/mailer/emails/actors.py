@@ -8,9 +8,10 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from antrian.config import Settings, load_settings
+from antrian.config import Settings
 from antrian.db.engine import make_engine
 from antrian.messages import EMAILS_QUEUE, SEND_ETICKET_EMAIL, SEND_INVOICE_EMAIL
+from antrian.runtime.per_process import PerProcess
 from mailer.emails.deliveries import Deliveries
 from mailer.emails.metrics import EMAILS
 from mailer.emails.render import ETICKET, INVOICE, Sender
@@ -18,30 +19,23 @@ from mailer.emails.retries import EMAIL
 from mailer.errors import EmailDeferred, PermanentFailure
 from mailer.transport import make_transport
 
-_deliveries: Deliveries | None = None
 
-
-def configure(settings: Settings) -> None:
-    """Build this process's engine, transport and deliveries from ``settings``."""
-    global _deliveries
+def _deliveries(settings: Settings) -> Deliveries:
     # Not autocommit: a delivery holds its row lock in a transaction while the email is sent.
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size_for("mailer"))
     sender = Sender(settings.mail_from_address, settings.mail_from_name)
-    _deliveries = Deliveries(engine=engine, transport=make_transport(settings), sender=sender)
+    return Deliveries(engine=engine, transport=make_transport(settings), sender=sender)
 
 
-def deliveries() -> Deliveries:
-    if _deliveries is None:
-        configure(load_settings())
-    if _deliveries is None:  # configure() always sets it: this only tells the type checker so
-        raise RuntimeError("configure() did not make the deliveries")
-    return _deliveries
+#: This process's engine, transport and deliveries; the worker's boot calls ``configure(settings)``.
+deliveries = PerProcess(_deliveries)
+configure = deliveries.configure
 
 
 def close_transport() -> None:
     """Release what the calling worker thread holds on the transport (its SMTP connection)."""
-    if _deliveries is not None:
-        _deliveries.transport.close()
+    if deliveries.made is not None:
+        deliveries.made.transport.close()
 
 
 _OPTIONS = {"queue_name": EMAILS_QUEUE, **EMAIL.actor_options()}
@@ -64,7 +58,7 @@ def _deliver(booking_id: int, kind: str) -> None:
     retries = message.options.get("retries", 0) if message is not None else 0
     final_attempt = EMAIL.is_final(message)
     try:
-        result = deliveries().deliver(booking_id, kind, final_attempt=final_attempt)
+        result = deliveries.get().deliver(booking_id, kind, final_attempt=final_attempt)
     except PermanentFailure:
         # Logged where it was found; ``throws`` makes Dramatiq dead-letter it without a traceback.
         EMAILS.labels(kind, "failed").inc()

@@ -14,10 +14,11 @@ from dramatiq.middleware import CurrentMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from antrian.amqp.publisher import ConfirmedPublisher
-from antrian.config import Settings, load_settings
+from antrian.config import Settings
 from antrian.db.engine import is_disconnect, make_engine
 from antrian.jobs.failed_jobs import RETRIED_FROM
 from antrian.messages import FAN_OUT_SYNC_RUN, SYNC_QUEUE, SYNC_STUDENT_PAYMENT
+from antrian.runtime.per_process import PerProcess
 from sync_api.sync import fanout
 from sync_api.sync.errors import StudentSyncFailed, TransientUpstreamError
 from sync_api.sync.retries import FAN_OUT, STUDENT
@@ -33,12 +34,8 @@ class _Runtime:
     student_sync: StudentSync
 
 
-_runtime: _Runtime | None = None
-
-
-def configure(settings: Settings) -> None:
-    """Build this process's engine and upstream client from ``settings``."""
-    global _runtime
+def _make_runtime(settings: Settings) -> _Runtime:
+    """This process's engine and upstream client, from ``settings``."""
     engine = make_engine(
         settings.database_url, autocommit=True, pool_size=settings.db_pool_size_for("sync-worker"), max_overflow=8
     )
@@ -47,15 +44,12 @@ def configure(settings: Settings) -> None:
         token=settings.upstream_token,
         timeout_s=settings.upstream_timeout_s,
     )
-    _runtime = _Runtime(settings=settings, student_sync=StudentSync(engine=engine, school_api=school_api))
+    return _Runtime(settings=settings, student_sync=StudentSync(engine=engine, school_api=school_api))
 
 
-def runtime() -> _Runtime:
-    if _runtime is None:
-        configure(load_settings())
-    if _runtime is None:  # configure() always sets it: this only tells the type checker so
-        raise RuntimeError("configure() did not make the runtime")
-    return _runtime
+#: The worker's boot calls ``configure(settings)``.
+runtime = PerProcess(_make_runtime)
+configure = runtime.configure
 
 
 @dramatiq.actor(actor_name=SYNC_STUDENT_PAYMENT.actor, queue_name=SYNC_QUEUE, **STUDENT.actor_options())
@@ -66,7 +60,7 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
     final_attempt = STUDENT.is_final(message)
     # An operator's retry of the failed job: the student's recorded failure may become a success.
     from_ = RETRIED if options.get(RETRIED_FROM) is not None else FIRST
-    student_sync = runtime().student_sync
+    student_sync = runtime.get().student_sync
     try:
         student_sync.sync(idperson, run_id, final_attempt=final_attempt, from_=from_)
     except TransientUpstreamError as exc:
@@ -93,7 +87,7 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
 @dramatiq.actor(actor_name=FAN_OUT_SYNC_RUN.actor, queue_name=SYNC_QUEUE, **FAN_OUT.actor_options())
 def fan_out_sync_run(run_id: int) -> None:
     """Publish one ``sync_student_payment`` per student of the run, in confirmed batches."""
-    current = runtime()
+    current = runtime.get()
     fanout.fan_out(
         current.student_sync.engine, run_id, lambda: ConfirmedPublisher(current.settings.broker_url)
     )
