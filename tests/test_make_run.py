@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -28,12 +29,35 @@ SHELL_SETTINGS = ("SMTP_HOST", "SMTP_PORT", "MAIL_BACKEND", "PAYMENT_SIMULATOR",
                   "BOOKING_EXPIRY_MINUTES", "EXPIRY_SWEEP_SECONDS")
 
 
+#: Ports the kernel never hands out for port 0 (its ephemeral range starts at 32768 by default).
+FIXED_PORTS = range(20_000, 32_000)
+
+
+def free_ports_in_a_row(count: int) -> int:
+    """The first of ``count`` consecutive free ports below the ephemeral range."""
+    for _ in range(200):
+        first = random.randrange(FIXED_PORTS.start, FIXED_PORTS.stop - count)
+        if all(_bindable(port) for port in range(first, first + count)):
+            return first
+    raise AssertionError(f"no {count} free ports in a row")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def run_env(**overrides: str) -> dict[str, str]:
     """The test database and vhost, and free ports so a developer's own ``make run`` is left alone."""
-    ports = {
-        name: str(free_port())
-        for name in ("PORT", "METRICS_PORT", "DEV_SCHOOL_API_PORT", "MAIL_SINK_PORT", "MAIL_SINK_SMTP_PORT")
-    }
+    ports = {name: str(free_port()) for name in ("PORT", "DEV_SCHOOL_API_PORT", "MAIL_SINK_PORT",
+                                                 "MAIL_SINK_SMTP_PORT")}
+    # The workers take METRICS_PORT and the next two: all three free, and below the kernel's ephemeral range,
+    # so that no port another test asks the kernel for can land on the second or third meanwhile
+    ports["METRICS_PORT"] = str(free_ports_in_a_row(3))
     env = base_env(**{**ports, "DEMO_DATA": "true"})
     for name in SHELL_SETTINGS:
         env.pop(name, None)
