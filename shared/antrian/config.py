@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 
 from antrian.errors import ConfigError
 
+#: The payment gateway's status API when ``PAYMENT_API_BASE_URL`` is unset (SPEC: its sandbox).
+DEFAULT_PAYMENT_API_BASE_URL = "https://api.sandbox.midtrans.com"
+
 #: Where each worker serves ``/metrics`` when ``METRICS_PORT`` is unset.
 DEFAULT_METRICS_PORTS = {"sync-worker": 9191, "mailer": 9192, "booking-expiry": 9193}
 
@@ -25,6 +28,17 @@ DEFAULT_METRICS_PORTS = {"sync-worker": 9191, "mailer": 9192, "booking-expiry": 
 #: connection per request over it. A Dramatiq worker started by its entry point gets one per worker thread
 #: (antrian.runtime.workers); these are the figures for a worker module loaded otherwise (tests, benchmarks).
 DEFAULT_DB_POOL_SIZES = {"sync-api": 10, "sync-worker": 5, "mailer": 5, "booking-expiry": 2, "antrian": 1}
+
+#: PostgreSQL's timeouts on every connection antrian makes (antrian.db.engine.make_engine), in milliseconds;
+#: 0 turns one off, as in PostgreSQL. A statement may run 30 s (the longest legitimate ones, a sync run's
+#: fan-out recording its items and a batch of the sweep, which sets its own, take a few seconds); a lock is
+#: waited for 5 s (a tour's row is held for microseconds by a booking: waiting longer only ties up web threads).
+DEFAULT_DB_STATEMENT_TIMEOUT_MS = 30_000
+DEFAULT_DB_LOCK_TIMEOUT_MS = 5_000
+#: A transaction may sit idle 300 s: the mailer holds its delivery row's lock in a transaction while it talks
+#: SMTP, for up to its actor's 120 s time limit (mailer.emails.retries.EMAIL), so the bound must exceed that
+#: with room to spare; what it ends is a session forgotten in a transaction (a crashed client, a debugger).
+DEFAULT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = 300_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,11 +67,21 @@ class Settings:
     expiry_sweep_seconds: int = 300
     payment_server_key: str | None = field(default=None, repr=False)
     payment_simulator: bool = False
+    #: The gateway's status API; unset means its sandbox (:data:`DEFAULT_PAYMENT_API_BASE_URL`). ``make run``
+    #: and compose point it at the development gateway when it is unset and the simulator is on.
+    payment_api_base_url: str | None = None
     metrics_port: int | None = None
     port: int = 8000
     host: str = "0.0.0.0"
     #: Connections each process keeps open (defaults: :data:`DEFAULT_DB_POOL_SIZES`).
     db_pool_size: int | None = None
+    #: ``DB_STATEMENT_TIMEOUT_MS``: PostgreSQL's ``statement_timeout`` on every connection (0: none).
+    db_statement_timeout_ms: int = DEFAULT_DB_STATEMENT_TIMEOUT_MS
+    #: ``DB_LOCK_TIMEOUT_MS``: PostgreSQL's ``lock_timeout``: how long a statement waits for a row's lock (0: ever).
+    db_lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS
+    #: ``DB_IDLE_IN_TRANSACTION_TIMEOUT_MS``: PostgreSQL's ``idle_in_transaction_session_timeout`` (0: none);
+    #: it must exceed the longest legitimate idle transaction, the mailer's SMTP send (up to 120 s).
+    db_idle_in_transaction_timeout_ms: int = DEFAULT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS
     log_level: str = "INFO"
 
     # Internal variables: antrian sets them for its own child processes (and tests set them to go faster).
@@ -80,6 +104,10 @@ class Settings:
     def metrics_port_for(self, service: str) -> int:
         return self.metrics_port or DEFAULT_METRICS_PORTS[service]
 
+    def payment_status_api_url(self) -> str:
+        """``PAYMENT_API_BASE_URL``, or the gateway's sandbox when it is unset."""
+        return self.payment_api_base_url or DEFAULT_PAYMENT_API_BASE_URL
+
     def db_pool_size_for(self, service: str) -> int:
         return self.db_pool_size or DEFAULT_DB_POOL_SIZES[service]
 
@@ -92,6 +120,17 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
         raise ValueError("must be a positive whole number")
+    return number
+
+
+#: The largest timeout PostgreSQL takes, in milliseconds (its settings are 32-bit integers).
+MAX_DB_TIMEOUT_MS = 2_147_483_647
+
+
+def _milliseconds(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= MAX_DB_TIMEOUT_MS:
+        raise ValueError(f"must be a whole number of milliseconds between 0 (off) and {MAX_DB_TIMEOUT_MS}")
     return number
 
 
@@ -172,10 +211,14 @@ _PARSERS: dict[str, Any] = {
     "expiry_sweep_seconds": _positive_int,
     "payment_server_key": _text,
     "payment_simulator": _bool,
+    "payment_api_base_url": _http_url,
     "metrics_port": _port,
     "port": _port,
     "host": str.strip,
     "db_pool_size": _positive_int,
+    "db_statement_timeout_ms": _milliseconds,
+    "db_lock_timeout_ms": _milliseconds,
+    "db_idle_in_transaction_timeout_ms": _milliseconds,
     "log_level": _one_of("debug", "info", "warning", "error"),
     "antrian_heartbeat_dir": _text,
     "antrian_heartbeat_interval_s": _positive_float,
@@ -222,6 +265,9 @@ class DevSettings:
     demo_data: bool = True
     #: ``DEV_SCHOOL_API_PORT``: the development school API, started when ``UPSTREAM_BASE_URL`` is unset.
     dev_school_api_port: int = 8081
+    #: ``DEV_PAYMENT_GATEWAY_PORT``: the development payment gateway, started when ``PAYMENT_API_BASE_URL`` is unset
+    #: and the payment simulator is on.
+    dev_payment_gateway_port: int = 8082
     #: ``MAIL_SINK_SMTP_PORT`` and ``MAIL_SINK_PORT``: the development mail sink's SMTP and web ports, started
     #: when ``SMTP_HOST`` and ``SMTP_PORT`` are unset (and ``MAIL_BACKEND`` is smtp).
     mail_sink_smtp_port: int = 1025
@@ -233,6 +279,7 @@ class DevSettings:
 _DEV_PARSERS: dict[str, Any] = {
     "demo_data": _bool,
     "dev_school_api_port": _port,
+    "dev_payment_gateway_port": _port,
     "mail_sink_smtp_port": _port,
     "mail_sink_port": _port,
     "mail_sink_dir": str.strip,

@@ -1,12 +1,14 @@
 """Every error antrian raises on purpose, in one hierarchy.
 
 Each class says which HTTP status a route answers it with (:attr:`AntrianError.status`) and what
-else the answer carries (:meth:`AntrianError.details`); sync-api maps them all in one handler
+else the answer carries (:meth:`AntrianError.details`, and :meth:`AntrianError.headers`: ``Retry-After`` for
+an error that says when to try again); sync-api maps them all in one handler
 (``sync_api.web.errors``), and the ``antrian`` command turns them into one line and an exit code.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -15,10 +17,19 @@ class AntrianError(Exception):
 
     #: The HTTP status that a route answers this error with.
     status: ClassVar[int] = 500
+    #: Seconds after which the caller may try again, sent as ``Retry-After`` (whole seconds, rounded up); None: no
+    #: such header. A class sets it for all its errors, an instance (from what an upstream asked for) for itself.
+    retry_after_s: float | None = None
 
     def details(self) -> dict[str, Any]:
         """Fields the JSON answer carries beside ``error`` (the message)."""
         return {}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries: ``Retry-After`` when the error says when to try again."""
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(0, math.ceil(self.retry_after_s)))}
 
 
 class InvalidInput(AntrianError):
@@ -47,6 +58,22 @@ class DependencyUnavailable(AntrianError):
     """Raised when the database or the broker cannot be reached."""
 
     status = 503
+
+
+class Busy(AntrianError):
+    """Raised when what a request needs stays held by others for longer than it waits (PostgreSQL's
+    ``lock_timeout`` or ``statement_timeout``): nothing was changed, and trying again shortly may succeed."""
+
+    status = 503
+    retry_after_s = 2
+
+
+class TourBusy(Busy):
+    """Raised when a booking cannot get its tour's row within the lock timeout (another session holds it)."""
+
+    def __init__(self, tour_id: int) -> None:
+        super().__init__(f"tour {tour_id} is busy; try again shortly")
+        self.tour_id = tour_id
 
 
 class PublishError(AntrianError):

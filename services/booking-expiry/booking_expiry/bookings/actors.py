@@ -6,7 +6,7 @@ import dramatiq
 from sqlalchemy import Engine
 
 from antrian.config import Settings
-from antrian.db.engine import make_engine
+from antrian.db.engine import make_engine, timeouts
 from antrian.messages import BOOKING_EXPIRY_QUEUE, EXPIRE_UNPAID_BOOKINGS
 from antrian.runtime.per_process import PerProcess
 from booking_expiry.bookings import sweep
@@ -14,7 +14,9 @@ from booking_expiry.bookings.retries import SWEEP
 
 
 def _engine(settings: Settings) -> Engine:
-    return make_engine(settings.database_url, pool_size=settings.db_pool_size_for("booking-expiry"))
+    return make_engine(
+        settings.database_url, pool_size=settings.db_pool_size_for("booking-expiry"), **timeouts(settings)
+    )
 
 
 #: This process's engine; the worker's boot calls ``configure(settings)``.

@@ -2,7 +2,8 @@
 
 antrian's own errors carry their status and extra fields (:class:`antrian.errors.AntrianError`);
 werkzeug's (no such route, wrong method, a body too large or not JSON) and a lost database or broker
-are the only others.
+are the only others. A statement that ran into PostgreSQL's ``lock_timeout`` or ``statement_timeout``
+answers like :class:`antrian.errors.Busy`: 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from antrian.errors import AntrianError
+from antrian.db.engine import is_timeout
+from antrian.errors import AntrianError, Busy
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +36,13 @@ def _wants_json() -> bool:
 def init_app(app: Flask) -> None:
     @app.errorhandler(AntrianError)
     def domain_error(exc: AntrianError) -> tuple[Response, int]:
-        if exc.status >= 500:
+        if isinstance(exc, Busy):  # a lock or statement timeout: the client is told to try again, nothing broke
+            logger.warning("%s", exc)
+        elif exc.status >= 500:
             logger.error("%s", exc)
-        return error(exc.status, str(exc), **exc.details())
+        response, status = error(exc.status, str(exc), **exc.details())
+        response.headers.update(exc.headers())
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
@@ -46,6 +52,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def database_down(exc: OperationalError) -> tuple[Response, int]:
+        if is_timeout(exc):  # PostgreSQL's lock_timeout or statement_timeout, on any route: busy, not down
+            logger.warning("statement gave up: %s", str(exc.orig).strip())
+            return domain_error(Busy("the database is busy; try again shortly"))
         logger.error("database unavailable: %s", exc.orig)
         return error(503, "the database is unavailable; try again shortly")
 

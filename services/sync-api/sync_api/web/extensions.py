@@ -8,7 +8,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from flask import Flask, current_app
 from sqlalchemy import Engine
 
-from antrian.db.engine import make_engine
+from antrian.db.engine import make_engine, timeouts
 from antrian.runtime.broker import make_broker
 
 _lock = threading.Lock()
@@ -29,7 +29,8 @@ def _get(name: str, factory):
 
 def get_engine() -> Engine:
     def factory(settings) -> Engine:
-        return make_engine(settings.database_url, pool_size=settings.db_pool_size_for("sync-api"))
+        return make_engine(settings.database_url, pool_size=settings.db_pool_size_for("sync-api"),
+                           **timeouts(settings))
 
     return _get("engine", factory)
 

@@ -19,7 +19,9 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     if url is None:  # antrian.db.migrate.alembic_config always sets it; create_engine(None) raises this too
         raise ArgumentError("sqlalchemy.url is not set: migrations run through antrian.db.migrate")
-    engine = make_engine(url, pool_size=1, max_overflow=0)
+    # No statement timeout (a long migration must not be cut off half-way) and no lock timeout (a replica waits
+    # here for another's migrations to finish, however long they take); the idle-in-transaction bound stays.
+    engine = make_engine(url, pool_size=1, max_overflow=0, statement_timeout_ms=0, lock_timeout_ms=0)
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         connection.commit()
