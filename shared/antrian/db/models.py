@@ -241,3 +241,32 @@ class FailedJobAction(Base):
     #: ``api``, ``admin`` or ``cli``.
     source: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` on one route, with the answer its first request got: kept 24 hours.
+
+    The row is inserted in the transaction that does the request's work (a booking) and gets its
+    ``response_*`` in that same transaction, so another transaction sees the key with its answer or
+    not at all. The unique index makes a concurrent request with the same key wait for the first to
+    commit (then it reads the answer) or roll back (then it does the work itself).
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("route", "caller", "key", name="idempotency_keys_route_caller_key"),
+        Index("idempotency_keys_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    #: ``POST /api/bookings``: a key is scoped to the route it was sent to.
+    route: Mapped[str] = mapped_column(Text)
+    #: Who sent it; ``''`` while there is one API token (kept for per-caller tokens).
+    caller: Mapped[str] = mapped_column(Text, server_default="")
+    key: Mapped[str] = mapped_column(Text)
+    #: SHA-256 (hex) of the canonical JSON of the request's body: the same key with another body is refused.
+    request_hash: Mapped[str] = mapped_column(Text)
+    #: The first answer, replayed to every repeat; set in the transaction that inserted the row.
+    response_status: Mapped[int | None] = mapped_column(SmallInteger)
+    response_body: Mapped[Any | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

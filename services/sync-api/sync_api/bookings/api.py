@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import Connection
 
 from sync_api.bookings import booking as bookings
+from sync_api.bookings import idempotency
 from sync_api.bookings.metrics import BOOKINGS_CREATED
 from sync_api.web import auth
 from sync_api.web.extensions import get_engine
@@ -19,6 +21,10 @@ bp.before_request(auth.require_token)
 #: stays below the column's 1e12.
 MAX_QUOTA, MAX_SEATS_PER_BOOKING, PRICE_LIMIT = 100_000, 1_000, Decimal("1e9")
 MAX_ID = 2**63 - 1
+#: What an ``Idempotency-Key`` is scoped to (with the caller).
+BOOKINGS_ROUTE = "POST /api/bookings"
+#: The booking's fields that ``POST /api/bookings`` answers with.
+BOOKING_ANSWER = ("id", "code", "status", "total_amount", "expires_at", "tour_id", "quantity")
 
 
 @bp.post("/tours")
@@ -36,21 +42,35 @@ def create_tour():
 
 @bp.post("/bookings")
 def create_booking():
+    """Book; with an ``Idempotency-Key`` header, once per key (``sync_api.bookings.idempotency``)."""
+    key = idempotency.parse_key(request.headers.getlist(idempotency.HEADER))
     body = json_object()
     tour_id = whole_number(body, "tour_id", low=1, high=MAX_ID)
     quantity = whole_number(body, "quantity", low=1, high=MAX_SEATS_PER_BOOKING)
-    booking = bookings.create_booking(
-        get_engine(),
-        tour_id=tour_id,
-        quantity=quantity,
-        customer_name=text_field(body, "customer_name", max_length=200),
-        customer_email=email_field(body, "customer_email"),
-        expiry_minutes=current_app.config["ANTRIAN"].booking_expiry_minutes,
-    )
+    customer_name = text_field(body, "customer_name", max_length=200)
+    customer_email = email_field(body, "customer_email")
+    expiry_minutes = current_app.config["ANTRIAN"].booking_expiry_minutes
+
+    def book(connection: Connection | None = None) -> idempotency.Answer:
+        booking = bookings.create_booking(
+            get_engine(),
+            tour_id=tour_id,
+            quantity=quantity,
+            customer_name=customer_name,
+            customer_email=customer_email,
+            expiry_minutes=expiry_minutes,
+            connection=connection,
+        )
+        return idempotency.Answer(201, {name: booking[name] for name in BOOKING_ANSWER})
+
+    if key is None:
+        answer = book()
+    else:
+        answer = idempotency.once(get_engine(), route=BOOKINGS_ROUTE, key=key, body=body, work=book)
+    if answer.replayed:
+        return jsonify(answer.body), answer.status, {idempotency.REPLAYED_HEADER: "true"}
     BOOKINGS_CREATED.inc()
-    return jsonify(
-        {key: booking[key] for key in ("id", "code", "status", "total_amount", "expires_at", "tour_id", "quantity")}
-    ), 201
+    return jsonify(answer.body), answer.status
 
 
 @bp.get("/bookings/<int:booking_id>")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import secrets
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
+from antrian.db.engine import is_lock_timeout
 from antrian.db.models import Booking, Tour
-from antrian.errors import AntrianError, Conflict, NotFound
+from antrian.errors import AntrianError, Conflict, NotFound, TourBusy
 from antrian.messages import SEND_INVOICE_EMAIL
 
 #: Digits and capitals that no one confuses on a screen or over the phone (no 0/O, 1/I/L, S/5, B/8, Z/2).
@@ -123,13 +125,23 @@ CODE_ATTEMPTS = 5
 
 
 def create_booking(
-    engine: Engine, *, tour_id: int, quantity: int, customer_name: str, customer_email: str, expiry_minutes: int
+    engine: Engine, *, tour_id: int, quantity: int, customer_name: str, customer_email: str, expiry_minutes: int,
+    connection: Connection | None = None,
 ) -> dict[str, Any]:
     """Take the seats, write the booking and its invoice message, atomically (one statement).
 
     Raises :class:`TourNotFound` or :class:`NotEnoughSeats`, having changed nothing.
+
+    Given ``connection`` (a transaction the caller holds, e.g. with an idempotency key's row in it), the
+    booking commits or rolls back with the caller's transaction, and the tour's row lock lasts until then.
+    Each draw of a code is then a savepoint, so that a taken code does not abort the caller's transaction.
     """
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    in_transaction = connection is not None
+    scope: AbstractContextManager[Connection] = (
+        nullcontext(connection) if connection is not None
+        else engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    )
+    with scope as connection:
         # The id comes first (no lock held), so that the invoice message can name it.
         booking_id = connection.execute(text("SELECT nextval('bookings_id_seq')")).scalar_one()
         values = {
@@ -139,10 +151,15 @@ def create_booking(
         }
         for _ in range(CODE_ATTEMPTS):
             try:
-                booking = connection.execute(BOOK, {**values, "code": new_code()}).one_or_none()
+                with connection.begin_nested() if in_transaction else nullcontext():
+                    booking = connection.execute(BOOK, {**values, "code": new_code()}).one_or_none()
             except IntegrityError as exc:
                 if _constraint(exc) == "bookings_code_key":
                     continue  # the whole statement was undone, seats included: draw another code
+                raise
+            except OperationalError as exc:
+                if is_lock_timeout(exc):  # another session held the tour's row for DB_LOCK_TIMEOUT_MS: nothing done
+                    raise TourBusy(tour_id) from exc
                 raise
             if booking is not None:
                 return booking_json(booking)
