@@ -8,6 +8,9 @@ reads, as every antrian process does). Besides those (antrian.config.DevSettings
   DEMO_DATA (default ``true``)         seed demo students and tours into an empty database
   DEV_SCHOOL_API_PORT (default 8081)   where the development school API listens; it is started
                                        only when UPSTREAM_BASE_URL is unset
+  DEV_PAYMENT_GATEWAY_PORT (8082)      where the development payment gateway's status API listens; it is
+                                       started only when PAYMENT_API_BASE_URL is unset and the payment
+                                       simulator is on (make run's default)
   MAIL_SINK_SMTP_PORT (default 1025)   where the development mail sink takes mail; it is started only
   MAIL_SINK_PORT (default 8025)        when SMTP_HOST and SMTP_PORT are unset (and MAIL_BACKEND is smtp),
   MAIL_SINK_DIR (var/mail-sink)        shows what it got on its web page and keeps it as .eml files
@@ -56,6 +59,12 @@ def upstream_unset(environ: Mapping[str, str]) -> bool:
     return not given("UPSTREAM_BASE_URL", environ)
 
 
+def payment_gateway_unset(environ: Mapping[str, str]) -> bool:
+    """No PAYMENT_API_BASE_URL and the simulator on (make run's default): the development gateway stands in."""
+    return (not given("PAYMENT_API_BASE_URL", environ)
+            and load_settings({"PAYMENT_SIMULATOR": "true", **environ}).payment_simulator)
+
+
 def smtp_unset(environ: Mapping[str, str]) -> bool:
     """SMTP_HOST and SMTP_PORT left at their defaults: the mail goes to the development mail sink."""
     return (not given("SMTP_HOST", environ) and not given("SMTP_PORT", environ)
@@ -79,6 +88,10 @@ CHILDREN = [
           ("python", "dev/school_api.py", "--port", "{dev_port}", "--latency-ms", "50", "--transient-rate", "0.1",
            "--permanent-rate", "0.02"),
           condition=upstream_unset, ready="http://127.0.0.1:{dev_port}/healthz"),
+    Child("dev-payment-gateway",
+          ("python", "dev/payment_gateway.py", "--port", "{gateway_port}", "--latency-ms", "50",
+           "--server-key", "{payment_server_key}"),
+          condition=payment_gateway_unset, ready="http://127.0.0.1:{gateway_port}/healthz"),
     Child("mail-sink",
           ("python", "dev/mail_sink.py", "--host", "127.0.0.1", "--smtp-port", "{sink_smtp_port}",
            "--web-port", "{sink_port}", "--dir", "{sink_dir}"),
@@ -143,7 +156,8 @@ def pump(name: str, stream) -> None:
 
 def start(child: Child, env: dict[str, str], ports: dict[str, int], sink_dir: str) -> Running:
     metrics_port = None if child.metrics_offset is None else ports["metrics_base"] + child.metrics_offset
-    values = {**ports, "metrics_port": metrics_port, "sink_dir": sink_dir}
+    values = {**ports, "metrics_port": metrics_port, "sink_dir": sink_dir,
+              "payment_server_key": env.get("PAYMENT_SERVER_KEY", "")}
     child_env = env if metrics_port is None else {**env, "METRICS_PORT": str(metrics_port)}
     # A session (and process group) of its own: Ctrl-C reaches only us, and we stop each group whole.
     process = spawn([arg.format(**values) for arg in child.argv], child_env, start_new_session=True)
@@ -255,6 +269,8 @@ def where_to_look(running: list[Running], env: dict[str, str], ports: dict[str, 
         if item.metrics_port is not None:
             say(f"              http://127.0.0.1:{item.metrics_port}/metrics ({item.child.name})")
     say(f"  school API  {env['UPSTREAM_BASE_URL']}")
+    say(f"  gateway     {env.get('PAYMENT_API_BASE_URL') or 'the payment gateway sandbox (PAYMENT_API_BASE_URL unset)'}"
+        "  (its status API confirms every payment)")
     if "mail-sink" in names:
         say(f"  mail sink   http://127.0.0.1:{ports['sink_port']}/  (every email sent, kept in "
             f"{sink_dir}/)")
@@ -299,12 +315,17 @@ def main() -> int:
         say(str(exc))
         return 2
     ports = {"port": settings.port, "dev_port": dev.dev_school_api_port, "sink_port": dev.mail_sink_port,
+             "gateway_port": dev.dev_payment_gateway_port,
              "sink_smtp_port": dev.mail_sink_smtp_port,
              "metrics_base": settings.metrics_port or DEFAULT_METRICS_PORTS["sync-worker"]}
     generated = {variable for variable in ("API_TOKEN", "PAYMENT_SERVER_KEY") if generate_if_unset(env, variable)}
     if upstream_unset(user):
         env["UPSTREAM_BASE_URL"] = f"http://127.0.0.1:{ports['dev_port']}"
         say(f"UPSTREAM_BASE_URL is unset: the development school API stands in at {env['UPSTREAM_BASE_URL']}")
+    if payment_gateway_unset(user):
+        env["PAYMENT_API_BASE_URL"] = f"http://127.0.0.1:{ports['gateway_port']}"
+        say(f"PAYMENT_API_BASE_URL is unset: the development payment gateway stands in at "
+            f"{env['PAYMENT_API_BASE_URL']}")
     if smtp_unset(user):
         env.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(ports["sink_smtp_port"]))
         say(f"SMTP_HOST and SMTP_PORT are unset: the development mail sink takes the mail at "

@@ -19,6 +19,8 @@ import pika
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from dev.payment_gateway import Gateway
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -51,9 +53,24 @@ def process_env(*, database_url: str, broker_url: str, api_token: str, **overrid
     return env
 
 
+_gateway: Gateway | None = None
+
+
+def payment_gateway() -> Gateway:
+    """The development payment gateway (dev/payment_gateway.py) this test process serves from a thread, on
+    loopback: every sync-api the tests start asks it for an order's status, and the tests say what it knows."""
+    global _gateway
+    if _gateway is None:
+        gateway = Gateway(PAYMENT_SERVER_KEY)
+        gateway.start()
+        _gateway = gateway
+    return _gateway
+
+
 def base_env(**overrides: str) -> dict[str, str]:
-    """The environment every antrian process of the tests gets: test database, test vhost, token."""
-    overrides = {"UPSTREAM_TIMEOUT_S": "5", "PAYMENT_SERVER_KEY": PAYMENT_SERVER_KEY, **overrides}
+    """The environment every antrian process of the tests gets: test database, test vhost, token, gateway."""
+    overrides = {"UPSTREAM_TIMEOUT_S": "5", "PAYMENT_SERVER_KEY": PAYMENT_SERVER_KEY,
+                 "PAYMENT_API_BASE_URL": payment_gateway().url, **overrides}
     return process_env(database_url=DATABASE_URL, broker_url=BROKER_URL, api_token=API_TOKEN, **overrides)
 
 

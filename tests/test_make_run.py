@@ -20,13 +20,13 @@ import requests
 from sqlalchemy import text
 
 from antrian.cli.demo import seed_students
-from tests.support import API_TOKEN, ROOT, base_env, free_port, show_output_if_failed, wait_until
+from tests.support import API_TOKEN, ROOT, base_env, free_port, payment_gateway, show_output_if_failed, wait_until
 from tests.sync_api.bookings.helpers import book, create_tour, quota
 
 READY = "Ctrl-C stops everything."
 #: What a developer's shell may hold that would change what make run starts.
 SHELL_SETTINGS = ("SMTP_HOST", "SMTP_PORT", "MAIL_BACKEND", "PAYMENT_SIMULATOR", "PAYMENT_SERVER_KEY",
-                  "BOOKING_EXPIRY_MINUTES", "EXPIRY_SWEEP_SECONDS")
+                  "PAYMENT_API_BASE_URL", "BOOKING_EXPIRY_MINUTES", "EXPIRY_SWEEP_SECONDS")
 
 
 #: Ports the kernel never hands out for port 0 (its ephemeral range starts at 32768 by default).
@@ -54,7 +54,7 @@ def _bindable(port: int) -> bool:
 def run_env(**overrides: str) -> dict[str, str]:
     """The test database and vhost, and free ports so a developer's own ``make run`` is left alone."""
     ports = {name: str(free_port()) for name in ("PORT", "DEV_SCHOOL_API_PORT", "MAIL_SINK_PORT",
-                                                 "MAIL_SINK_SMTP_PORT")}
+                                                 "MAIL_SINK_SMTP_PORT", "DEV_PAYMENT_GATEWAY_PORT")}
     # The workers take METRICS_PORT and the next two: all three free, and below the kernel's ephemeral range,
     # so that no port another test asks the kernel for can land on the second or third meanwhile
     ports["METRICS_PORT"] = str(free_ports_in_a_row(3))
@@ -188,6 +188,7 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_
     assert "migrations applied" in out and "added 500 demo students" in out and "added 5 demo tours" in out
     assert f"development school API stands in at http://127.0.0.1:{env['DEV_SCHOOL_API_PORT']}" in out
     assert f"development mail sink takes the mail at 127.0.0.1:{env['MAIL_SINK_SMTP_PORT']}" in out
+    assert f"development payment gateway stands in at http://127.0.0.1:{env['DEV_PAYMENT_GATEWAY_PORT']}" in out
     assert f"http://127.0.0.1:{port}/admin/sync-pembayaran" in out and f"http://127.0.0.1:{port}/admin/jobs" in out
     assert f"http://127.0.0.1:{port}/metrics" in out and f"http://127.0.0.1:{worker_metrics}/metrics" in out
     assert f"http://127.0.0.1:{worker_metrics + 1}/metrics (mailer)" in out
@@ -201,7 +202,7 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_
     assert requests.get(f"http://127.0.0.1:{worker_metrics + 1}/metrics", timeout=5).ok
     assert requests.get(f"http://127.0.0.1:{worker_metrics + 2}/metrics", timeout=5).ok
     assert re.search(r"^booking-expiry-scheduler +\| .*expire-unpaid-bookings every 5m", out, re.MULTILINE)
-    assert len(run.children()) == 7
+    assert len(run.children()) == 8
 
     # And it has printed a booking and its simulated payment to copy and paste, whole lines, with the token
     book = re.search(rf"^curl .*Bearer {re.escape(token)}.* -d '(.*)' http://127.0.0.1:{port}/api/bookings$", out,
@@ -259,7 +260,8 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_
     # And Ctrl-C stops every service, gracefully, and exits 0
     assert run.stop_and_check(signal.SIGINT) == 0
     assert "Killing worker process" not in run.output(), "a Dramatiq worker process was killed, not stopped"
-    for stopped in (port, env["DEV_SCHOOL_API_PORT"], env["MAIL_SINK_PORT"], env["MAIL_SINK_SMTP_PORT"]):
+    for stopped in (port, env["DEV_SCHOOL_API_PORT"], env["MAIL_SINK_PORT"], env["MAIL_SINK_SMTP_PORT"],
+                    env["DEV_PAYMENT_GATEWAY_PORT"]):
         assert not listening(int(stopped)), stopped
 
 
@@ -271,7 +273,8 @@ def test_given_an_upstream_smtp_and_secrets_no_stand_in_starts_and_sigterm_stops
     upstream = start_school_api("--token", "upstream-secret")
     seed_students(clean, 20)
     env = run_env(UPSTREAM_BASE_URL=upstream, UPSTREAM_TOKEN="upstream-secret", DEMO_DATA="false",
-                  SMTP_HOST="127.0.0.1", SMTP_PORT=str(free_port()), PAYMENT_SERVER_KEY="server-key-of-the-user")
+                  SMTP_HOST="127.0.0.1", SMTP_PORT=str(free_port()), PAYMENT_SERVER_KEY="server-key-of-the-user",
+                  PAYMENT_API_BASE_URL=payment_gateway().url)
     run = dev_run(env)
 
     # When make run is up
@@ -281,6 +284,7 @@ def test_given_an_upstream_smtp_and_secrets_no_stand_in_starts_and_sigterm_stops
     assert "stands in" not in out and "dev-school-api" not in out
     assert "mail sink" not in out and "mail-sink" not in out
     assert not listening(int(env["DEV_SCHOOL_API_PORT"])) and not listening(int(env["MAIL_SINK_PORT"]))
+    assert "dev-payment-gateway" not in out and not listening(int(env["DEV_PAYMENT_GATEWAY_PORT"]))
     assert len(run.children()) == 5 and not any("mail_sink" in command for command in run.children().values())
     assert API_TOKEN not in out and "server-key-of-the-user" not in out
     assert out.count("the one in your environment") == 2

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, func, select, text
 
+from antrian.bookings import payments
 from booking_expiry.bookings import sweep
 from mailer.emails.deliveries import Deliveries
 from mailer.emails.render import INVOICE, Sender
-from sync_api.bookings import payments
 from tests.booking_expiry.helpers import (
     add_bookings,
     advisory_locks,

@@ -7,7 +7,8 @@ import hashlib
 import requests
 from sqlalchemy import text
 
-from tests.support import PAYMENT_SERVER_KEY
+from antrian.bookings.payments import STATUS_CODES
+from tests.support import PAYMENT_SERVER_KEY, payment_gateway
 
 
 def create_tour(web, auth, *, quota=50, price=1_500_000) -> dict:
@@ -31,7 +32,8 @@ def quota(engine, tour_id) -> int:
 
 
 def notification(code: str, transaction_status: str, gross_amount: str, *, key: str = PAYMENT_SERVER_KEY, **extra):
-    status_code = {"settlement": "200", "capture": "200", "pending": "201"}.get(transaction_status, "202")
+    """A notification as the gateway signs it, with the status code that goes with its transaction status."""
+    status_code = extra.pop("status_code", STATUS_CODES.get(transaction_status, "202"))
     signature = hashlib.sha512(f"{code}{status_code}{gross_amount}{key}".encode()).hexdigest()
     return {"order_id": code, "status_code": status_code, "gross_amount": gross_amount, "signature_key": signature,
             "transaction_status": transaction_status, "transaction_id": f"tx-{code}", "payment_type": "bank_transfer",
@@ -39,4 +41,15 @@ def notification(code: str, transaction_status: str, gross_amount: str, *, key: 
 
 
 def notify(web, body):
-    return requests.post(f"{web}/api/payments/notification", json=body)
+    """What the gateway does: record what happened to the order (its status API answers that from now on), then
+    send the notification."""
+    if isinstance(body.get("order_id"), str):
+        payment_gateway().record(body["order_id"], {
+            name: body[name] for name in ("transaction_status", "fraud_status", "transaction_id", "gross_amount",
+                                          "status_code") if name in body})
+    return post_notification(web, body)
+
+
+def post_notification(web, body):
+    """A notification posted as it is, the gateway told nothing (a replay, a forgery)."""
+    return requests.post(f"{web}/api/payments/notification", json=body, timeout=30)

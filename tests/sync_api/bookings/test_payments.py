@@ -8,8 +8,8 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from tests.support import outbox_drained, queue_depth, take_messages, wait_until
-from tests.sync_api.bookings.helpers import book, create_tour, notification, notify
+from tests.support import outbox_drained, payment_gateway, queue_depth, take_messages, wait_until
+from tests.sync_api.bookings.helpers import book, create_tour, notification, notify, post_notification
 
 
 @pytest.fixture
@@ -92,16 +92,19 @@ def test_concurrent_notifications_for_one_booking_act_once(web, auth, engine):
     outbox_drained(engine)  # every message the notifications wrote is published: nothing more can come
     assert [message["actor_name"] for message in take_messages("emails")] == ["send_eticket_email"]
 
-    # An expiry and a settlement racing: whatever the order, the seats are taken or given back once.
+    # An old expire notification and the settlement racing, the gateway saying settled: whatever arrives first,
+    # only what the gateway confirms is applied, so the seats are taken once and the booking ends paid.
     for _ in range(10):
         racing = new_booking(web, auth, quota_=2, quantity=2)
-        bodies = [notification(racing["code"], status, racing["total_amount"]) for status in ("expire", "settlement")]
+        stale = notification(racing["code"], "expire", racing["total_amount"])
+        settled = notification(racing["code"], "settlement", racing["total_amount"])
+        payment_gateway().record(racing["code"], {key: settled[key] for key in (
+            "transaction_status", "transaction_id", "gross_amount", "status_code")})
         with ThreadPoolExecutor(max_workers=2) as pool:
-            outcomes = {answer.json()["outcome"] for answer in pool.map(lambda b: notify(web, b), bodies)}
+            answers = list(pool.map(lambda body: post_notification(web, body), [stale, settled]))
+        assert sorted(answer.json()["outcome"] for answer in answers) == ["duplicate", "paid"]
         state = booking_state(engine, racing["id"])
-        # Settlement first: paid, then the late expire is ignored. Expire first: seats back, then taken again.
-        assert outcomes in ({"paid", "ignored"}, {"expired", "paid_after_expiry"}), outcomes
-        assert state["status"] == "paid" and state["quota"] == 0 and state["payments"] == 2
+        assert state["status"] == "paid" and state["quota"] == 0 and state["payments"] == 1
         # Its e-ticket is relayed a moment later: taken here, so the next booking's invoice is alone on the queue
         wait_until(lambda: queue_depth("emails") >= 1, timeout=10, what="the racing booking's e-ticket")
         assert [message["actor_name"] for message in take_messages("emails")] == ["send_eticket_email"]
@@ -165,3 +168,89 @@ def test_the_simulator_settles_a_booking_only_when_enabled(web, auth, engine, st
     disabled = start_web(PAYMENT_SIMULATOR="false")
     refused = requests.post(f"{disabled}/api/payments/simulate", headers=auth, json={"code": booking["code"]})
     assert refused.status_code == 404 and "PAYMENT_SIMULATOR" in refused.json()["error"]
+
+
+@pytest.fixture
+def gateway():
+    """The development gateway every sync-api of the tests asks; healed after the test."""
+    gateway = payment_gateway()
+    yield gateway
+    gateway.heal()
+
+
+def e_tickets() -> list[dict]:
+    return [message for message in take_messages("emails") if message["actor_name"] == "send_eticket_email"]
+
+
+def test_a_settlement_forged_from_a_signed_notification_of_the_same_order_changes_nothing(web, auth, engine, gateway):
+    # Given a booking whose order expired at the gateway, and its signed expire notification, seen by an attacker
+    booking = new_booking(web, auth)
+    expired = notification(booking["code"], "expire", booking["total_amount"])
+    assert notify(web, expired).json()["outcome"] == "expired"
+    # and another booking whose order is still pending, with its signed pending notification
+    waiting = new_booking(web, auth)
+    pending = notification(waiting["code"], "pending", waiting["total_amount"])
+    assert notify(web, pending).json()["outcome"] == "pending"
+    before = (booking_state(engine, booking["id"]), booking_state(engine, waiting["id"]))
+
+    # When the attacker re-posts them as settlements, or with any other unsigned field changed
+    forgeries = [
+        {**expired, "transaction_status": "settlement", "transaction_id": "forged-1"},
+        {**pending, "transaction_status": "settlement"},
+        {**pending, "transaction_status": "capture", "fraud_status": "accept"},
+    ]
+    for forged in forgeries:
+        response = post_notification(web, forged)
+        assert response.status_code == 400 and "does not go with transaction_status" in response.json()["error"]
+    # (an unsigned field that agrees with the signed status code: the gateway is asked, and says pending)
+    for forged in ({**pending, "transaction_id": "forged-2"}, {**pending, "fraud_status": "accept"},
+                   {**pending, "payment_type": "credit_card", "settlement_time": "2026-12-02 10:00:00"}):
+        response = post_notification(web, forged)
+        assert response.status_code == 200 and response.json()["status"] == "pending", response.text
+
+    # Then nothing was paid, no seat moved, and no e-ticket goes out
+    assert (booking_state(engine, booking["id"]), booking_state(engine, waiting["id"])) == before
+    outbox_drained(engine)
+    assert e_tickets() == []
+    # And nothing of the signature is stored
+    with engine.connect() as connection:
+        payloads = connection.execute(text("SELECT payload::text FROM payments")).scalars().all()
+    assert payloads and not any("signature_key" in payload for payload in payloads)
+
+    # While a real settlement still works: the gateway settles the pending order and says so
+    paid = notify(web, notification(waiting["code"], "settlement", waiting["total_amount"]))
+    assert paid.status_code == 200 and paid.json()["outcome"] == "paid"
+    outbox_drained(engine)
+    assert [message["args"] for message in e_tickets()] == [[waiting["id"]]]
+
+
+def test_the_status_api_down_is_a_503_that_changes_nothing_and_the_gateways_retry_settles_once(
+    web, auth, engine, gateway
+):
+    booking = new_booking(web, auth)
+    body = notification(booking["code"], "settlement", booking["total_amount"])
+    # The status API answering 5xx, then not answering in time: 503, so the gateway tries again; nothing changed
+    gateway.fail(status=502, count=1)
+    failed = notify(web, body)
+    assert failed.status_code == 503 and "payment gateway" in failed.json()["error"]
+    gateway.fail(delay_s=12, count=1)  # longer than the client's 10 s read timeout
+    hung = notify(web, body)
+    assert hung.status_code == 503
+    assert booking_state(engine, booking["id"]) == {"status": "pending", "paid_at": None, "quota": 8, "payments": 0}
+
+    # Back up: the gateway's retry settles the booking once, and its next retry changes nothing
+    gateway.heal()
+    assert notify(web, body).json()["outcome"] == "paid"
+    assert notify(web, body).json()["duplicate"] is True
+    state = booking_state(engine, booking["id"])
+    assert state["status"] == "paid" and state["payments"] == 1 and state["quota"] == 8
+    outbox_drained(engine)
+    assert len(e_tickets()) == 1
+
+
+def test_an_order_the_gateway_does_not_know_changes_nothing(web, auth, engine, gateway):
+    booking = new_booking(web, auth)
+    body = notification(booking["code"], "settlement", booking["total_amount"])
+    response = post_notification(web, body)  # the gateway was told nothing of this order
+    assert response.status_code == 404 and "the payment gateway knows no transaction" in response.json()["error"]
+    assert booking_state(engine, booking["id"])["status"] == "pending"

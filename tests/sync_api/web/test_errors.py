@@ -10,12 +10,12 @@ from dataclasses import replace
 
 import pytest
 
+from antrian.bookings import payments
 from antrian.config import load_settings
 from antrian.errors import AntrianError, Conflict, DependencyUnavailable, InvalidInput, NotFound, RunAlreadyRunning
 from antrian.jobs.failed_jobs import FailedJobNotFound, RetryInterrupted
 from sync_api import create_app
 from sync_api.bookings import booking as bookings
-from sync_api.bookings import payments
 from sync_api.sync.errors import StudentSyncFailed, UpstreamError
 from tests.support import free_port
 

@@ -1,13 +1,14 @@
-"""``/api/payments``: the gateway's notifications (signed, no token) and the development simulator."""
+"""``/api/payments``: the gateway's notifications (signed, no token, confirmed with the gateway) and the simulator."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
+from antrian.bookings import payments
+from antrian.bookings.gateway import StatusApi
 from antrian.errors import NotFound
-from sync_api.bookings import payments
 from sync_api.bookings.metrics import PAYMENTS
 from sync_api.web import auth
 from sync_api.web.errors import error
@@ -20,8 +21,8 @@ bp = Blueprint("payments", __name__, url_prefix="/api/payments")
 
 
 @bp.post("/notification")
-def notification():
-    """The gateway's HTTP notification; authenticated by its signature, not by the API token."""
+def notification() -> tuple[Response, int] | Response:
+    """The gateway's HTTP notification: its signature authenticates it, the status API confirms it."""
     server_key = current_app.config["ANTRIAN"].payment_server_key
     if not server_key:
         return error(503, "payment notifications are not configured: PAYMENT_SERVER_KEY is unset")
@@ -29,12 +30,15 @@ def notification():
     if not parsed.signature_is_valid(server_key):
         logger.warning("payment notification with a wrong signature", extra={"order_id": parsed.order_id[:64]})
         return error(401, "invalid signature_key")
-    return _apply(parsed)
+    parsed.check()
+    if payments.total_amount_of(get_engine(), parsed.order_id) is None:
+        raise payments.UnknownOrder(parsed.order_id)
+    return _confirm_and_apply(parsed.order_id)
 
 
 @bp.post("/simulate")
-def simulate():
-    """Act as the gateway's settlement notification for a booking (development and demos only)."""
+def simulate() -> tuple[Response, int] | Response:
+    """Pay a booking at the development gateway, then act on it as on its notification (development only)."""
     if not current_app.config["ANTRIAN"].payment_simulator:
         return error(404, "the payment simulator is off (PAYMENT_SIMULATOR=false)")
     refusal = auth.require_token()
@@ -44,11 +48,22 @@ def simulate():
     total_amount = payments.total_amount_of(get_engine(), code)
     if total_amount is None:
         raise NotFound(f"no booking with code {code!r}")
-    return _apply(payments.settlement_for(code, total_amount))
+    _status_api().settle(code, f"{total_amount:.2f}")
+    return _confirm_and_apply(code)
 
 
-def _apply(parsed: payments.Notification):
-    result = payments.apply(get_engine(), parsed)
+def _status_api() -> StatusApi:
+    settings = current_app.config["ANTRIAN"]
+    return StatusApi(base_url=settings.payment_status_api_url(), server_key=settings.require("payment_server_key"))
+
+
+def _confirm_and_apply(order_id: str) -> Response:
+    """Ask the gateway what happened to the order and apply that, never the notification's unsigned fields."""
+    confirmed = _status_api().status(order_id)
+    if confirmed is None:
+        logger.warning("a notification for an order the gateway does not know", extra={"order_id": order_id[:64]})
+        raise payments.UnknownOrder(order_id, at_gateway=True)
+    result = payments.apply(get_engine(), confirmed)
     PAYMENTS.labels("duplicate" if result.duplicate else result.outcome).inc()
     return jsonify(
         {"id": result.booking_id, "code": result.code, "status": result.status, "outcome": result.outcome,

@@ -1,8 +1,14 @@
-"""Payment notifications (Midtrans format): what each one does to its booking, exactly once.
+"""Payments (Midtrans format): what the gateway confirms for an order does to its booking, exactly once.
 
-Every notification for a booking is handled under that booking's row lock, and recorded in
-``payments`` with its outcome. The gateway repeats a notification until it gets a 200: a repeat
-is recognised by its (order_id, transaction_status, fraud_status, transaction_id) and changes
+A notification is a hint, never the truth: its signature covers only ``order_id``, ``status_code``
+and ``gross_amount``, so anyone who saw one signed notification of an order could re-post it with
+another ``transaction_status``. A notification is therefore checked (signature, a ``status_code``
+that agrees with its ``transaction_status``) and then the gateway's status API is asked what
+happened to the order (:mod:`antrian.bookings.gateway`); only that answer is applied.
+
+Every confirmed status of a booking is applied under that booking's row lock, and recorded in
+``payments`` with its outcome and the gateway's answer. A repeat is recognised by what the
+gateway confirmed, (order_id, transaction_status, fraud_status, transaction_id), and changes
 nothing. ``fraud_status`` belongs to the key: a card ``capture`` held as ``challenge`` is approved
 by a second ``capture`` with the same transaction id and ``accept``.
 """
@@ -41,10 +47,11 @@ class InvalidNotification(InvalidInput):
 
 
 class UnknownOrder(NotFound):
-    """Raised when a notification names an order that no booking has."""
+    """Raised when an order is named that no booking has (or, ``at_gateway``, that the gateway does not know)."""
 
-    def __init__(self, order_id: str) -> None:
-        super().__init__(f"no booking with order_id {order_id!r}")
+    def __init__(self, order_id: str, *, at_gateway: bool = False) -> None:
+        where = "the payment gateway knows no transaction" if at_gateway else "no booking"
+        super().__init__(f"{where} with order_id {order_id!r}")
 
 
 class AmountMismatch(InvalidInput):
@@ -56,16 +63,23 @@ class AmountMismatch(InvalidInput):
         )
 
 
+#: The ``status_code`` the gateway sends with each ``transaction_status`` (Midtrans' documented codes).
+STATUS_CODES = {
+    "capture": "200", "settlement": "200", "pending": "201", "deny": "202", "cancel": "200", "expire": "407",
+    "refund": "200", "partial_refund": "200", "chargeback": "200", "partial_chargeback": "200", "authorize": "200",
+    "failure": "202",
+}
+
+
 @dataclass(frozen=True)
 class Notification:
+    """The gateway's HTTP notification: only a hint that something happened to ``order_id``."""
+
     order_id: str
     status_code: str
     gross_amount: str
     transaction_status: str
-    fraud_status: str
-    transaction_id: str
     signature_key: str
-    payload: dict[str, Any]
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Notification:
@@ -79,8 +93,7 @@ class Notification:
         for name in ("fraud_status", "transaction_id"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise InvalidNotification(f"{name} must be a string")
-        optional = {name: body.get(name) or "" for name in ("fraud_status", "transaction_id")}
-        return cls(**fields, **optional, payload=body)
+        return cls(**fields)
 
     def signature_is_valid(self, server_key: str) -> bool:
         """SHA-512 of order_id + status_code + gross_amount + server key, compared in constant time."""
@@ -89,20 +102,59 @@ class Notification:
         ).hexdigest()
         return hmac.compare_digest(expected.encode(), self.signature_key.lower().encode())
 
+    def check(self) -> None:
+        """Raise :class:`InvalidNotification` unless ``status_code`` agrees with ``transaction_status``."""
+        expected = STATUS_CODES.get(self.transaction_status)
+        if expected is not None and self.status_code != expected:
+            raise InvalidNotification(
+                f"status_code {self.status_code!r} does not go with transaction_status {self.transaction_status!r}"
+            )
+        _amount(self.gross_amount)
+
+
+@dataclass(frozen=True)
+class TransactionStatus:
+    """What the gateway's status API confirmed for an order: the only thing a booking changes by."""
+
+    order_id: str
+    transaction_status: str
+    fraud_status: str
+    transaction_id: str
+    status_code: str
+    gross_amount: str
+    #: The gateway's answer as received, kept in ``payments.payload``.
+    payload: dict[str, Any]
+
+    @classmethod
+    def from_gateway(cls, body: dict[str, Any]) -> TransactionStatus:
+        """Raises ValueError when the answer lacks what a status must carry."""
+        values = {}
+        for name in ("order_id", "transaction_status", "gross_amount"):
+            value = body.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"the gateway's status has no {name}")
+            values[name] = value
+        optional = {name: str(body.get(name) or "") for name in ("fraud_status", "transaction_id", "status_code")}
+        return cls(**values, **optional, payload=body)
+
     def amount(self) -> Decimal:
-        try:
-            amount = Decimal(self.gross_amount)
-        except InvalidOperation:
-            amount = None
-        if amount is None or not amount.is_finite():
-            raise InvalidNotification("gross_amount must be a number")
-        return amount
+        return _amount(self.gross_amount)
 
     def asks(self) -> str | None:
         """PAID, ENDED_EXPIRED, ENDED_CANCELLED, WAIT, or None for anything else (refunds, ...)."""
         if self.transaction_status == "capture":
             return _CAPTURE_ASKS.get(self.fraud_status)
         return _ASKS.get(self.transaction_status)
+
+
+def _amount(gross_amount: str) -> Decimal:
+    try:
+        amount = Decimal(gross_amount)
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite():
+        raise InvalidNotification("gross_amount must be a number")
+    return amount
 
 
 @dataclass(frozen=True)
@@ -114,13 +166,12 @@ class Result:
     duplicate: bool
 
 
-def settlement_for(code: str, total_amount: Decimal) -> Notification:
-    """The notification the simulator stands in for: a settlement of the whole amount."""
+def settlement_for(code: str, total_amount: Decimal, *, transaction_id: str = "simulator") -> TransactionStatus:
+    """A confirmed settlement of the whole amount (what the development gateway answers once it is paid)."""
     gross = f"{total_amount:.2f}"
-    payload = {"order_id": code, "status_code": "200", "gross_amount": gross,
-               "transaction_status": "settlement", "transaction_id": "simulator", "simulated": True}
-    return Notification(order_id=code, status_code="200", gross_amount=gross, transaction_status="settlement",
-                        fraud_status="", transaction_id="simulator", signature_key="", payload=payload)
+    payload = {"order_id": code, "status_code": "200", "gross_amount": gross, "transaction_status": "settlement",
+               "transaction_id": transaction_id, "fraud_status": "accept"}
+    return TransactionStatus.from_gateway(payload)
 
 
 def total_amount_of(engine: Engine, code: str) -> Decimal | None:
@@ -128,8 +179,8 @@ def total_amount_of(engine: Engine, code: str) -> Decimal | None:
         return connection.execute(select(Booking.total_amount).where(Booking.code == code)).scalar_one_or_none()
 
 
-def apply(engine: Engine, notification: Notification) -> Result:
-    """Apply one (signature-checked) notification to its booking; raises UnknownOrder or AmountMismatch."""
+def apply(engine: Engine, notification: TransactionStatus) -> Result:
+    """Apply what the gateway confirmed to its booking; raises UnknownOrder or AmountMismatch."""
     gross_amount = notification.amount()
     with engine.begin() as connection:
         booking = connection.execute(
@@ -163,7 +214,7 @@ def apply(engine: Engine, notification: Notification) -> Result:
     return Result(booking.id, booking.code, status, outcome, duplicate=False)
 
 
-def _seen(connection: Connection, notification: Notification) -> bool:
+def _seen(connection: Connection, notification: TransactionStatus) -> bool:
     return connection.execute(
         select(
             exists().where(
@@ -176,7 +227,7 @@ def _seen(connection: Connection, notification: Notification) -> bool:
     ).scalar_one()
 
 
-def _act(connection: Connection, booking, asks: str | None) -> tuple[str, str]:
+def _act(connection: Connection, booking: Any, asks: str | None) -> tuple[str, str]:
     """Change the (locked) booking as the notification asks; return (outcome, booking status)."""
     if asks == PAID:
         if booking.status == "paid":
@@ -204,7 +255,7 @@ def _mark_paid(connection: Connection, booking_id: int) -> None:
     outbox.add(connection, SEND_ETICKET_EMAIL, booking_id)
 
 
-def _log(booking, notification: Notification, outcome: str, status: str) -> None:
+def _log(booking: Any, notification: TransactionStatus, outcome: str, status: str) -> None:
     extra = {"code": booking.code, "booking_id": booking.id, "transaction_status": notification.transaction_status,
              "outcome": outcome, "status": status, "gross_amount": notification.gross_amount}
     if outcome == "refund_due":
