@@ -294,13 +294,30 @@ def restart_rabbitmq() -> None:
         time.sleep(2)
 
 
-def restart_postgresql() -> None:
-    _alone()
+def _pg_ctlcluster(action: str) -> None:
     version = sorted(os.listdir("/etc/postgresql"))[0]
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, "-m", "fast"],
         check=True, timeout=120, capture_output=True,
     )
+
+
+def restart_postgresql() -> None:
+    _alone()
+    _pg_ctlcluster("restart")
+
+
+@contextmanager
+def postgresql_stopped() -> Iterator[None]:
+    """Stop this machine's PostgreSQL for real, and start it again however the block ends."""
+    _alone()
+    _pg_ctlcluster("stop")
+    try:
+        yield
+    finally:
+        _pg_ctlcluster("start")
+        wait_until(lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"], timeout=10).returncode == 0,
+                   timeout=60, what="PostgreSQL back")
 
 
 def log_events(*logs: str, event: str | None = None) -> list[dict]:

@@ -202,7 +202,7 @@ def test_migrate_with_a_database_url_that_is_not_postgresql_names_the_variable()
 
 
 #: The sweep's period in the schedule tests: an hour, so that a run and the next fall in one slot.
-HOURLY = {"EXPIRY_SWEEP_SECONDS": "3600"}
+HOURLY = {"EXPIRY_SWEEP_SECONDS": "3600", "PAYMENT_RECONCILE_SECONDS": "3600"}
 
 
 def not_near_the_end_of_an_hour() -> None:
@@ -225,15 +225,22 @@ def test_schedule_list_shows_the_sweep_due_now_then_when_it_is_next_due_after_a_
 
     # Then the sweep is there with its period, queue and actor, never enqueued and due now
     assert fresh.returncode == 0, fresh.stderr
-    first, description = fresh.stdout.splitlines()
+    first, description, reconcile, reconcile_description = fresh.stdout.splitlines()
     assert re.fullmatch(
         r"every 1h\s+expire-unpaid-bookings\s+booking-expiry: expire_unpaid_bookings\(\)"
         r"\s+last enqueued never\s+next due now", first
     ), first
     assert "EXPIRY_SWEEP_SECONDS" in description
+    # (and beside it the reconciliation of payments)
+    assert re.fullmatch(
+        r"every 1h\s+reconcile-payments\s+booking-expiry: reconcile_payments\(\)"
+        r"\s+last enqueued never\s+next due now", reconcile
+    ), reconcile
+    assert "PAYMENT_RECONCILE_SECONDS" in reconcile_description
 
     # When it has been enqueued, and the user lists the schedule again
-    assert antrian("schedule", "run", **HOURLY).stdout == "enqueued expire-unpaid-bookings\n"
+    ran = antrian("schedule", "run", **HOURLY).stdout
+    assert ran == "enqueued expire-unpaid-bookings\nenqueued reconcile-payments\n"
     after = antrian("schedule", "list", **HOURLY)
 
     # Then it was last enqueued just now and is next due when the next hour begins (or a few seconds before:
@@ -258,15 +265,16 @@ def test_schedule_run_enqueues_the_sweep_once_and_then_nothing_is_due(clean):
     first = antrian("schedule", "run", **HOURLY)
     second = antrian("schedule", "run", **HOURLY)
 
-    # Then the first enqueues the sweep and says so once, the second finds nothing due
-    assert (first.returncode, first.stdout, first.stderr) == (0, "enqueued expire-unpaid-bookings\n", "")
+    # Then the first enqueues the sweep and the reconciliation and says so once each, the second finds nothing due
+    assert (first.returncode, first.stdout, first.stderr) == (
+        0, "enqueued expire-unpaid-bookings\nenqueued reconcile-payments\n", "")
     assert (second.returncode, second.stdout, second.stderr) == (0, "nothing is due\n", "")
 
-    # And exactly one sweep message is on queue booking-expiry
-    [message] = sweep_messages()
-    assert (message["queue_name"], message["actor_name"], message["args"]) == (
-        "booking-expiry", "expire_unpaid_bookings", []
-    )
+    # And exactly one message of each is on queue booking-expiry
+    messages = sweep_messages()
+    assert sorted((message["queue_name"], message["actor_name"], message["args"]) for message in messages) == [
+        ("booking-expiry", "expire_unpaid_bookings", []), ("booking-expiry", "reconcile_payments", [])
+    ]
 
 
 def test_schedule_with_bad_settings_says_so_in_one_line_and_enqueues_nothing(clean):

@@ -70,6 +70,9 @@ class Settings:
     #: The gateway's status API; unset means its sandbox (:data:`DEFAULT_PAYMENT_API_BASE_URL`). ``make run``
     #: and compose point it at the development gateway when it is unset and the simulator is on.
     payment_api_base_url: str | None = None
+    #: How often the scheduled task ``reconcile-payments`` asks the gateway about bookings whose payment may
+    #: have been missed.
+    payment_reconcile_seconds: int = 300
     metrics_port: int | None = None
     port: int = 8000
     host: str = "0.0.0.0"
@@ -212,6 +215,7 @@ _PARSERS: dict[str, Any] = {
     "payment_server_key": _text,
     "payment_simulator": _bool,
     "payment_api_base_url": _http_url,
+    "payment_reconcile_seconds": _positive_int,
     "metrics_port": _port,
     "port": _port,
     "host": str.strip,

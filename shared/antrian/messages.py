@@ -61,3 +61,5 @@ BOOKING_EXPIRY_QUEUE = "booking-expiry"
 
 #: ``expire_unpaid_bookings()``: expire every pending booking past its deadline, seats back (the sweep).
 EXPIRE_UNPAID_BOOKINGS = Contract(BOOKING_EXPIRY_QUEUE, "expire_unpaid_bookings")
+#: ``reconcile_payments()``: ask the gateway about every booking whose payment may have been missed.
+RECONCILE_PAYMENTS = Contract(BOOKING_EXPIRY_QUEUE, "reconcile_payments")

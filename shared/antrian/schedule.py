@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from antrian.config import Settings
 from antrian.db.models import ScheduledTaskRun
 from antrian.errors import DependencyUnavailable
-from antrian.messages import EXPIRE_UNPAID_BOOKINGS, Contract
+from antrian.messages import EXPIRE_UNPAID_BOOKINGS, RECONCILE_PAYMENTS, Contract
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,13 @@ def tasks(settings: Settings) -> list[ScheduledTask]:
             contract=EXPIRE_UNPAID_BOOKINGS,
             every_seconds=settings.expiry_sweep_seconds,
             description="expire pending bookings past their deadline, seats back (EXPIRY_SWEEP_SECONDS)",
-        )
+        ),
+        ScheduledTask(
+            name="reconcile-payments",
+            contract=RECONCILE_PAYMENTS,
+            every_seconds=settings.payment_reconcile_seconds,
+            description="ask the gateway about bookings whose payment may have been missed (PAYMENT_RECONCILE_SECONDS)",
+        ),
     ]
 
 

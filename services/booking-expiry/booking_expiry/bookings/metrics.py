@@ -20,3 +20,17 @@ LAST_SUCCESS = Gauge(
     "Unix time at which the last expiry sweep finished without error.",
     multiprocess_mode="max",
 )
+
+RECONCILED = Counter(
+    "antrian_payments_reconciled_total",
+    "Orders the gateway was asked about by reconciliation, by what applying its answer did.",
+    ["outcome"],
+)
+RECONCILE_FAILURES = Counter(
+    "antrian_payment_reconcile_failures_total", "Reconciliation runs that failed (the gateway answered nothing)."
+)
+RECONCILE_LAST_SUCCESS = Gauge(
+    "antrian_payment_reconcile_last_success_timestamp_seconds",
+    "Unix time at which the last reconciliation of payments finished.",
+    multiprocess_mode="max",
+)
