@@ -56,6 +56,8 @@ EMAILS_QUEUE = "emails"
 SEND_INVOICE_EMAIL = Contract(EMAILS_QUEUE, "send_invoice_email")
 #: ``send_eticket_email(booking_id)``: the paid booking's e-ticket, with a QR code of its code.
 SEND_ETICKET_EMAIL = Contract(EMAILS_QUEUE, "send_eticket_email")
+#: ``send_cancellation_email(booking_id)``: the refunded booking's "booking cancelled", its ticket void.
+SEND_CANCELLATION_EMAIL = Contract(EMAILS_QUEUE, "send_cancellation_email")
 
 BOOKING_EXPIRY_QUEUE = "booking-expiry"
 

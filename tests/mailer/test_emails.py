@@ -179,3 +179,24 @@ def test_an_invoice_for_a_booking_paid_before_it_could_go_is_not_sent(web, auth,
     ]
     assert delivery(engine, booking["id"], "invoice") is None
     assert 'antrian_emails_total{kind="invoice",result="outdated"} 1.0' in requests.get(mailer.metrics_url).text
+
+
+def test_a_refunded_booking_gets_one_cancellation_email(web, auth, smtp_server, start_mailer, engine):
+    start_mailer(smtp_server)
+    tour = create_tour(web, auth, quota=10)
+    booking = book(web, auth, tour["id"], quantity=2).json()
+    assert notify(web, notification(booking["code"], "settlement", booking["total_amount"])).json()["status"] == "paid"
+    wait_until(lambda: len(smtp_server.messages) == 2, timeout=30, what="the invoice and the e-ticket")
+
+    # When the agency refunds it at the gateway, and the gateway notifies twice
+    refund = notification(booking["code"], "refund", booking["total_amount"])
+    assert [notify(web, refund).json()["outcome"] for _ in range(2)] == ["refunded", "duplicate"]
+
+    # Then one "booking cancelled" email goes out
+    wait_until(lambda: len(smtp_server.messages) == 3, timeout=30, what="the cancellation email")
+    settled()
+    assert len(smtp_server.messages) == 3
+    cancellation = smtp_server.messages[2]
+    assert cancellation["Subject"].startswith(f"Booking {booking['code']} cancelled")
+    assert cancellation["Message-ID"] == f"<cancellation.{booking['code']}@tripin.example>"
+    assert delivery(engine, booking["id"], "cancellation")["status"] == "sent"

@@ -117,3 +117,15 @@ def test_message_id_is_stable_per_booking_and_kind():
 def test_a_recorded_message_id_is_used_as_given():
     message = render(INVOICE, BOOKING, SENDER, message_id="<invoice.K7QM-2XH9@old.example>")
     assert message["Message-ID"] == "<invoice.K7QM-2XH9@old.example>"
+
+
+def test_a_cancellation_says_the_booking_is_cancelled_and_refunded_with_no_ticket():
+    message = render("cancellation", replace(BOOKING, status="refunded"), SENDER)
+    assert message["Subject"] == "Booking K7QM-2XH9 cancelled \N{EM DASH} Bromo Sunrise & Madakaripura"
+    assert message["Message-ID"] == message_id_for("cancellation", "K7QM-2XH9", SENDER)
+    text = message.get_body(("plain",)).get_content()
+    html = unescape(message.get_body(("html",)).get_content())
+    for body in (text, html):
+        assert "K7QM-2XH9" in body and "cancelled" in body and "refunded" in body.lower()
+        assert "Rp 1.500.000" in body and "no longer valid" in body
+    assert not [part for part in message.walk() if part.get_content_type() == "image/png"]

@@ -29,6 +29,10 @@ class BookingNotPaid(PermanentFailure):
     """An e-ticket was asked for a booking that is not paid."""
 
 
+class BookingNotRefunded(PermanentFailure):
+    """A cancellation was asked for a booking that is not refunded."""
+
+
 class EmailDeferred(EmailNotSent):
     """The email could not be sent now (a 4xx reply, a dropped or timed out connection): retry later."""
 

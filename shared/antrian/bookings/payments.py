@@ -25,21 +25,26 @@ from typing import Any
 from sqlalchemy import Connection, Engine, exists, func, insert, select, update
 
 from antrian.bookings import outbox
-from antrian.bookings.seats import end_bookings, take_seats
+from antrian.bookings.seats import end_bookings, give_back_seats, take_seats
 from antrian.db.models import Booking, Payment
 from antrian.errors import InvalidInput, NotFound
-from antrian.messages import SEND_ETICKET_EMAIL
+from antrian.messages import SEND_CANCELLATION_EMAIL, SEND_ETICKET_EMAIL
 
 logger = logging.getLogger(__name__)
 
 #: What a notification asks for, by ``transaction_status`` (``capture`` depends on ``fraud_status``).
 PAID, ENDED_EXPIRED, ENDED_CANCELLED, WAIT = "paid", "expired", "cancelled", "pending"
+#: Money going back: all of it (the booking ends ``refunded``), or part of it (the booking stays as it is).
+REFUNDED, PARTLY_REFUNDED = "refunded", "partially_refunded"
+_REFUNDS = {"refund": REFUNDED, "chargeback": REFUNDED, "partial_refund": PARTLY_REFUNDED,
+            "partial_chargeback": PARTLY_REFUNDED}
 _ASKS = {"settlement": PAID, "expire": ENDED_EXPIRED, "cancel": ENDED_CANCELLED, "deny": ENDED_CANCELLED,
          "pending": WAIT}
 _CAPTURE_ASKS = {"accept": PAID, "deny": ENDED_CANCELLED, "challenge": WAIT}
 
 #: Outcomes recorded on each payment and counted in ``antrian_payments_total{outcome}``.
-OUTCOMES = ("paid", "paid_after_expiry", "refund_due", "expired", "cancelled", "pending", "ignored")
+OUTCOMES = ("paid", "paid_after_expiry", "refund_due", "expired", "cancelled", "pending", "refunded",
+            "partially_refunded", "ignored")
 
 
 class InvalidNotification(InvalidInput):
@@ -141,10 +146,10 @@ class TransactionStatus:
         return _amount(self.gross_amount)
 
     def asks(self) -> str | None:
-        """PAID, ENDED_EXPIRED, ENDED_CANCELLED, WAIT, or None for anything else (refunds, ...)."""
+        """PAID, ENDED_EXPIRED, ENDED_CANCELLED, WAIT, REFUNDED, PARTLY_REFUNDED, or None for anything else."""
         if self.transaction_status == "capture":
             return _CAPTURE_ASKS.get(self.fraud_status)
-        return _ASKS.get(self.transaction_status)
+        return _ASKS.get(self.transaction_status) or _REFUNDS.get(self.transaction_status)
 
 
 def _amount(gross_amount: str) -> Decimal:
@@ -240,11 +245,25 @@ def _act(connection: Connection, booking: Any, asks: str | None) -> tuple[str, s
             _mark_paid(connection, booking.id)
             return "paid_after_expiry", "paid"
         return "refund_due", booking.status
+    if asks == ENDED_CANCELLED and booking.status == "paid":
+        asks = REFUNDED  # a cancel after settlement: the money goes back
     if asks in (ENDED_EXPIRED, ENDED_CANCELLED):
         if booking.status == "pending":
             end_bookings(connection, [booking.id], asks)
             return asks, asks
         return "ignored", booking.status
+    if asks == REFUNDED:
+        if booking.status not in ("paid", "expired", "cancelled"):
+            return "ignored", booking.status  # refunded already, or never paid
+        # A paid booking holds its seats: they go back unless the tour has started. An expired or cancelled one
+        # paid too late (refund_due) holds none.
+        if booking.status == "paid":
+            give_back_seats(connection, booking.tour_id, booking.quantity)
+        connection.execute(update(Booking).where(Booking.id == booking.id).values(status=REFUNDED))
+        outbox.add(connection, SEND_CANCELLATION_EMAIL, booking.id)
+        return REFUNDED, REFUNDED
+    if asks == PARTLY_REFUNDED:
+        return PARTLY_REFUNDED, booking.status  # part of the money back: the booking and its ticket stand
     if asks == WAIT:
         return "pending", booking.status
     return "ignored", booking.status

@@ -97,3 +97,12 @@ def _end(connection: Connection, chosen: str, status: str, **parameters: object)
         {"status": status, **parameters},
     ).all()
     return [EndedBooking(id=row.id, code=row.code, tour_id=row.tour_id, quantity=row.quantity) for row in rows]
+
+
+def give_back_seats(connection: Connection, tour_id: int, quantity: int) -> bool:
+    """Give a refunded booking's seats back to its tour, unless the tour has started; True if they went back."""
+    row = connection.execute(
+        text("UPDATE tours SET quota = quota + :quantity WHERE id = :tour_id AND starts_at > now() RETURNING id"),
+        {"tour_id": tour_id, "quantity": quantity},
+    ).one_or_none()
+    return row is not None

@@ -123,7 +123,7 @@ class Booking(Base):
     __tablename__ = "bookings"
     __table_args__ = (
         CheckConstraint("quantity > 0", name="bookings_quantity_positive"),
-        CheckConstraint("status IN ('pending', 'paid', 'expired', 'cancelled')", name="bookings_status"),
+        CheckConstraint("status IN ('pending', 'paid', 'expired', 'cancelled', 'refunded')", name="bookings_status"),
         Index("bookings_pending_expires_at", "expires_at", postgresql_where=text("status = 'pending'")),
     )
 
@@ -181,7 +181,7 @@ class EmailDelivery(Base):
 
     __tablename__ = "email_deliveries"
     __table_args__ = (
-        CheckConstraint("kind IN ('invoice', 'eticket')", name="email_deliveries_kind"),
+        CheckConstraint("kind IN ('invoice', 'eticket', 'cancellation')", name="email_deliveries_kind"),
         CheckConstraint("status IN ('pending', 'sent', 'failed')", name="email_deliveries_status"),
     )
 

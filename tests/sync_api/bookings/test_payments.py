@@ -254,3 +254,72 @@ def test_an_order_the_gateway_does_not_know_changes_nothing(web, auth, engine, g
     response = post_notification(web, body)  # the gateway was told nothing of this order
     assert response.status_code == 404 and "the payment gateway knows no transaction" in response.json()["error"]
     assert booking_state(engine, booking["id"])["status"] == "pending"
+
+
+def email_actors() -> list[str]:
+    return [message["actor_name"] for message in take_messages("emails")]
+
+
+@pytest.mark.parametrize("money_back", ["refund", "chargeback", "cancel"])
+def test_money_going_back_refunds_the_booking_gives_its_seats_back_and_sends_one_cancellation(
+    web, auth, engine, money_back
+):
+    # Given a paid booking (2 of 10 seats) for a tour that has not started
+    booking = new_booking(web, auth)
+    assert notify(web, notification(booking["code"], "settlement", booking["total_amount"])).json()["outcome"] == "paid"
+    outbox_drained(engine)
+    assert email_actors() == ["send_eticket_email"]
+
+    # When the gateway says the money went back (a refund, a chargeback, or a cancel after settlement), twice
+    back = notification(booking["code"], money_back, booking["total_amount"])
+    assert [notify(web, back).json()["outcome"] for _ in range(2)] == ["refunded", "duplicate"]
+
+    # Then the booking is refunded with its seats back, recorded once, and one cancellation email is queued
+    state = booking_state(engine, booking["id"])
+    assert state["status"] == "refunded" and state["quota"] == 10 and state["payments"] == 2
+    outbox_drained(engine)
+    assert email_actors() == ["send_cancellation_email"]
+    with engine.connect() as connection:
+        recorded = connection.execute(text(
+            "SELECT transaction_status, transaction_id, outcome FROM payments WHERE booking_id = :id ORDER BY id"),
+            {"id": booking["id"]}).all()
+    assert [tuple(row) for row in recorded] == [
+        ("settlement", f"tx-{booking['code']}", "paid"), (money_back, f"tx-{booking['code']}", "refunded")]
+
+
+def test_a_partial_refund_leaves_the_booking_and_its_ticket_and_a_refund_of_a_started_tour_keeps_its_seats(
+    web, auth, engine
+):
+    booking = new_booking(web, auth)
+    notify(web, notification(booking["code"], "settlement", booking["total_amount"]))
+    partial = notify(web, notification(booking["code"], "partial_refund", booking["total_amount"]))
+    assert partial.json()["outcome"] == "partially_refunded"
+    state = booking_state(engine, booking["id"])
+    assert state["status"] == "paid" and state["quota"] == 8
+
+    # A tour that has started: the refunded booking's seats are gone with it
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE tours SET starts_at = now() - interval '1 hour' WHERE id = :id"),
+                           {"id": booking["tour_id"]})
+    refunded = notify(web, notification(booking["code"], "refund", booking["total_amount"]))
+    assert refunded.json()["outcome"] == "refunded"
+    state = booking_state(engine, booking["id"])
+    assert state["status"] == "refunded" and state["quota"] == 8
+    outbox_drained(engine)
+    take_messages("emails")
+
+
+def test_a_refund_of_money_owed_back_after_expiry_closes_it(web, auth, engine):
+    # Given a booking paid after it expired and its seats were sold: money to refund
+    booking = new_booking(web, auth, quota_=2, quantity=2)
+    notify(web, notification(booking["code"], "expire", booking["total_amount"]))
+    assert book(web, auth, booking["tour_id"], quantity=2).status_code == 201
+    late = notify(web, notification(booking["code"], "settlement", booking["total_amount"]))
+    assert late.json()["outcome"] == "refund_due"
+    # When the agency refunds it at the gateway
+    assert notify(web, notification(booking["code"], "refund", booking["total_amount"])).json()["outcome"] == "refunded"
+    # Then it is refunded, no seat moved (it held none), and no money is owed any more
+    state = booking_state(engine, booking["id"])
+    assert state["status"] == "refunded" and state["quota"] == 0
+    outbox_drained(engine)
+    take_messages("emails")

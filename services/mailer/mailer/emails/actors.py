@@ -10,11 +10,11 @@ from dramatiq.middleware import CurrentMessage
 
 from antrian.config import Settings
 from antrian.db.engine import make_engine, timeouts
-from antrian.messages import EMAILS_QUEUE, SEND_ETICKET_EMAIL, SEND_INVOICE_EMAIL
+from antrian.messages import EMAILS_QUEUE, SEND_CANCELLATION_EMAIL, SEND_ETICKET_EMAIL, SEND_INVOICE_EMAIL
 from antrian.runtime.per_process import PerProcess
 from mailer.emails.deliveries import Deliveries
 from mailer.emails.metrics import EMAILS
-from mailer.emails.render import ETICKET, INVOICE, Sender
+from mailer.emails.render import CANCELLATION, ETICKET, INVOICE, Sender
 from mailer.emails.retries import EMAIL
 from mailer.errors import EmailDeferred, PermanentFailure
 from mailer.transport import make_transport
@@ -52,6 +52,12 @@ def send_invoice_email(booking_id: int) -> None:
 def send_eticket_email(booking_id: int) -> None:
     """Send the paid booking's e-ticket, with a QR code of its code, once."""
     _deliver(booking_id, ETICKET)
+
+
+@dramatiq.actor(actor_name=SEND_CANCELLATION_EMAIL.actor, **_OPTIONS)
+def send_cancellation_email(booking_id: int) -> None:
+    """Tell the customer of a refunded booking that it is cancelled and its ticket void, once."""
+    _deliver(booking_id, CANCELLATION)
 
 
 def _deliver(booking_id: int, kind: str) -> None:

@@ -29,9 +29,9 @@ from antrian.db.engine import retry_on_disconnect
 from antrian.db.models import EmailDelivery
 from mailer.emails.bookings import BookingDetails, load_booking
 from mailer.emails.metrics import SMTP_SEND_SECONDS
-from mailer.emails.render import ETICKET, INVOICE, Sender, message_id_for, render
+from mailer.emails.render import CANCELLATION, ETICKET, INVOICE, Sender, message_id_for, render
 from mailer.emails.retries import EMAIL
-from mailer.errors import BookingNotFound, BookingNotPaid
+from mailer.errors import BookingNotFound, BookingNotPaid, BookingNotRefunded
 from mailer.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,11 @@ class Deliveries:
                         logger.warning("no eticket sent: booking %s is %s, not paid", booking.code, booking.status,
                                        extra={"booking_id": booking_id, "code": booking.code, "kind": kind})
                         raise BookingNotPaid(f"booking {booking.code} is {booking.status}, not paid")
+                    if kind == CANCELLATION and booking.status != "refunded":
+                        logger.warning("no cancellation sent: booking %s is %s, not refunded", booking.code,
+                                       booking.status, extra={"booking_id": booking_id, "code": booking.code,
+                                                              "kind": kind})
+                        raise BookingNotRefunded(f"booking {booking.code} is {booking.status}, not refunded")
                     if kind == INVOICE and booking.status != "pending":
                         # Paid, expired or cancelled before its invoice could go (a long queue, retries):
                         # "please pay by ..." would only confuse the customer now.

@@ -17,10 +17,11 @@ from mailer.emails.bookings import BookingDetails
 from mailer.emails.filters import AGENCY_TIMEZONE, FILTERS
 from mailer.emails.qr import qr_png
 
-INVOICE, ETICKET = "invoice", "eticket"
-KINDS = (INVOICE, ETICKET)
+INVOICE, ETICKET, CANCELLATION = "invoice", "eticket", "cancellation"
+KINDS = (INVOICE, ETICKET, CANCELLATION)
 
-_SUBJECTS = {INVOICE: "Invoice {code} \N{EM DASH} {tour}", ETICKET: "Your e-ticket {code} \N{EM DASH} {tour}"}
+_SUBJECTS = {INVOICE: "Invoice {code} \N{EM DASH} {tour}", ETICKET: "Your e-ticket {code} \N{EM DASH} {tour}",
+             CANCELLATION: "Booking {code} cancelled \N{EM DASH} {tour}"}
 
 _templates = Environment(
     loader=PackageLoader("mailer.emails", "templates"),
@@ -51,7 +52,7 @@ def message_id_for(kind: str, code: str, sender: Sender) -> str:
 
 def render(kind: str, booking: BookingDetails, sender: Sender, *, message_id: str | None = None,
            now: datetime | None = None) -> EmailMessage:
-    """The booking's email of ``kind`` (``invoice`` or ``eticket``), ready to send.
+    """The booking's email of ``kind`` (``invoice``, ``eticket`` or ``cancellation``), ready to send.
 
     ``message_id`` defaults to :func:`message_id_for`; deliveries pass the one they recorded.
     """
