@@ -38,6 +38,7 @@ PROMTOOL = ROOT / "var" / "tools" / "promtool"
 TESTED_FIRING = {
     "AntrianFailedJobsStored", "AntrianExpirySweepStale", "AntrianHttp5xxRatioHigh", "AntrianQueueNoConsumers",
     "AntrianQueueBacklogGrowing", "AntrianEmailFailureRatioHigh", "AntrianSyncFailureRatioHigh",
+    "AntrianRefundDueWaiting", "AntrianOutboxStuck", "AntrianPaymentReconciliationStale",
 }
 #: Grafana's variables, as a query would see them (the range ones as a typical value).
 GRAFANA_VARIABLES = {

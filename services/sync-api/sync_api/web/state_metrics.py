@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from antrian.bookings import outbox
 from antrian.config import Settings
-from antrian.db.models import Payment
+from antrian.db.models import Booking, Payment
 from antrian.jobs import failed_jobs, queue_stats
 from antrian.sync import runs as sync_runs
 
@@ -34,6 +34,7 @@ class DatabaseStateCollector:
                 refunds = connection.execute(
                     select(func.count()).select_from(Payment).where(Payment.outcome == "refund_due")
                 ).scalar_one()
+                refund_oldest = _refund_due_oldest_age(connection)
                 stored = failed_jobs.counts(connection)
                 actions = failed_jobs.action_totals(connection)
             run = sync_runs.latest_run(self.engine)
@@ -46,6 +47,11 @@ class DatabaseStateCollector:
         )
         yield GaugeMetricFamily(
             "antrian_payments_refund_due", "Payments recorded for bookings that could not be confirmed.", value=refunds
+        )
+        yield GaugeMetricFamily(
+            "antrian_payments_refund_due_oldest_age_seconds",
+            "Age of the oldest refund_due payment whose booking is not refunded yet (0 when none).",
+            value=refund_oldest,
         )
         yield from _sync_run(run)
         failed = GaugeMetricFamily(
@@ -64,6 +70,17 @@ class DatabaseStateCollector:
                 if done == action:
                     family.add_metric([queue], jobs)
             yield family
+
+
+def _refund_due_oldest_age(connection: Connection) -> float:
+    """Seconds since the oldest ``refund_due`` payment arrived whose booking is not ``refunded`` yet (0 when none)."""
+    oldest = connection.execute(
+        select(func.coalesce(func.extract("epoch", func.now() - func.min(Payment.received_at)), 0))
+        .select_from(Payment)
+        .join(Booking, Booking.id == Payment.booking_id)
+        .where(Payment.outcome == "refund_due", Booking.status != "refunded")
+    ).scalar_one()
+    return float(oldest)
 
 
 def _sync_run(run: dict | None):
