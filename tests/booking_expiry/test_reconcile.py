@@ -6,16 +6,26 @@ The gateway is the development one of the test process (tests.support.payment_ga
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
 
+from antrian.bookings.gateway import StatusApi
+from antrian.bookings.reconcile import reconcile
 from antrian.config import load_settings
 from antrian.messages import RECONCILE_PAYMENTS
 from antrian.runtime.broker import make_broker
 from tests.booking_expiry.helpers import BROKER_URL, DATABASE_URL, add_bookings, log_events, metric, send_sweep
-from tests.support import outbox_drained, payment_gateway, postgresql_stopped, take_messages, wait_until
+from tests.support import (
+    PAYMENT_SERVER_KEY,
+    outbox_drained,
+    payment_gateway,
+    postgresql_stopped,
+    take_messages,
+    wait_until,
+)
 from tests.sync_api.bookings.helpers import book, create_tour, notification, post_notification
 
 
@@ -144,3 +154,26 @@ def test_a_payment_whose_notification_was_lost_while_postgresql_was_down_is_sett
     send_sweep()
     wait_until(lambda: log_events(worker.log(), event="sweep_done"), timeout=60, what="the sweep")
     assert booking(clean, made["code"])["status"] == "paid" and booking(clean, made["code"])["quota"] == 8
+
+
+def test_two_reconciliations_at_once_apply_each_answer_once(clean, tours):
+    # Given 40 pending bookings paid at the gateway (a CronJob and a scheduler may both reconcile at once)
+    [tour] = tours.add(1, quota=1_000)
+    prefix = add_bookings(clean, [tour], 40)
+    codes = [f"{prefix}-{n:07d}" for n in range(40)]
+    for code in codes:
+        settled_at_gateway(clean, code)
+    status_api = StatusApi(base_url=payment_gateway().url, server_key=PAYMENT_SERVER_KEY)
+
+    # When two reconciliations run at the same time, in threads of their own
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(lambda _: reconcile(clean, status_api, concurrency=4), range(2)))
+
+    # Then every booking is paid once, with one payment row and one e-ticket, whichever run got to it first
+    assert sum(run.outcomes["paid"] for run in runs) == 40
+    with clean.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT b.status, count(p.id) FROM bookings b LEFT JOIN payments p ON p.booking_id = b.id "
+            "WHERE b.code LIKE :prefix GROUP BY b.id, b.status"), {"prefix": f"{prefix}-%"}).all()
+    assert sorted(rows) == [("paid", 1)] * 40
+    assert len(e_tickets(clean)) == 40
