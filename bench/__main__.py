@@ -4,7 +4,8 @@ Parts: (a) students/s vs a bare Dramatiq actor, with (d) worker memory sampled d
 (b) wall time vs the latency bound; (c) POST latency and fan-out rate; (e) POST /api/bookings latency
 at a steady rate vs GET /healthz; (f) invoice emails/s by the mailer vs one smtplib connection; (g) the booking expiry
 sweep vs the old one-transaction-per-booking loop, and the sweep's query plan; (h) retry-all of failed jobs
-vs retrying them one at a time. The figures go to stdout
+vs retrying them one at a time; (i) payment notifications (each asks the gateway's status API) vs GET /healthz,
+and reconciling pending bookings vs the gateway's rate limit. The figures go to stdout
 as a table and to bench/results/latest.json; process logs to bench/results/logs/<time>/.
 """
 
@@ -19,9 +20,19 @@ import sys
 import time
 import traceback
 
-from . import bookings_latency, common, email_rate, expiry_sweep, fanout, latency_bound, retry_all, sync_throughput
+from . import (
+    bookings_latency,
+    common,
+    email_rate,
+    expiry_sweep,
+    fanout,
+    latency_bound,
+    payments,
+    retry_all,
+    sync_throughput,
+)
 
-PARTS = ("a", "b", "c", "e", "f", "g", "h")
+PARTS = ("a", "b", "c", "e", "f", "g", "h", "i")
 #: Defaults of the full suite, and of ``--small`` (a quick check that everything works).
 #: (a) runs both sides with Dramatiq's default of 8 threads per process: with an instant upstream,
 #: more threads only add GIL hand-offs (futex time) to both.
@@ -35,10 +46,11 @@ FULL = {"a_students": 20_000, "a_processes": 2, "a_threads": 8,
         "e_rate": 200, "e_seconds": 30, "e_concurrency": 20,
         "f_emails": 5_000, "f_processes": 2, "f_threads": 4,
         "g_bookings": 100_000, "g_tours": 100, "g_repeats": 3, "g_loop_subset": 10_000, "g_loop_budget_s": 240,
-        "g_plan_bookings": 1_000_000, "g_plan_due": 100, "h_jobs": 20_000}
+        "g_plan_bookings": 1_000_000, "g_plan_due": 100, "h_jobs": 20_000,
+        "i_notifications": 2_000, "i_concurrency": 8, "i_bookings": 10_000, "i_rate_limit": 500}
 SMALL = {**FULL, "a_students": 2_000, "b_students": 610, "c_students": 10_000, "c_samples": 5, "c_publish": 10_000,
          "e_seconds": 5, "f_emails": 500, "g_bookings": 10_000, "g_repeats": 1, "g_plan_bookings": 100_000,
-         "h_jobs": 2_000}
+         "h_jobs": 2_000, "i_notifications": 200, "i_bookings": 1_000}
 
 
 class BenchTimeout(BaseException):
@@ -132,6 +144,9 @@ def _run_part(part: str, engine, args: argparse.Namespace) -> dict:
         return email_rate.run(engine, emails=args.f_emails, processes=args.f_processes, threads=args.f_threads)
     if part == "h":
         return retry_all.run(engine, jobs=args.h_jobs)
+    if part == "i":
+        return payments.run(engine, notifications=args.i_notifications, concurrency=args.i_concurrency,
+                            bookings=args.i_bookings, rate_limit=args.i_rate_limit)
     return expiry_sweep.run(engine, bookings=args.g_bookings, tours=args.g_tours, repeats=args.g_repeats,
                             loop_subset=args.g_loop_subset, loop_budget_s=args.g_loop_budget_s,
                             plan_bookings=args.g_plan_bookings, plan_due=args.g_plan_due)
@@ -217,6 +232,7 @@ def table_rows(parts: dict) -> list[dict]:
         add("h", "  one at a time: row lock, Dramatiq's enqueue (one confirm), delete, commit",
             f"{h['one_at_a_time']['seconds']}s ({h['one_at_a_time']['per_s']:,}/s)")
         add("h", "ratio one at a time / batched; every job queued once, none left stored", f"{h['ratio']}x", "(info)")
+    _payment_rows(parts.get("i", {}), add)
     return rows
 
 
@@ -253,6 +269,52 @@ def _booking_rows(e: dict, add) -> None:
     inv = e["invoices"]
     add("e", "emails queue after both: invoices / distinct bookings / bookings made",
         f"{inv['invoices']} / {inv['distinct_bookings']} / {inv['bookings']}", "all equal", inv["ok"])
+
+
+def _payment_rows(i: dict, add) -> None:
+    if "notifications" not in i:
+        return
+    n = i["notifications"]
+    post, health = n["notifications"], n["healthz"]
+    add("i", f"{n['count']:,} notifications, {n['concurrency']} at a time, gateway {n['gateway_latency_ms']:g} ms:"
+             " p50 / p90 / p99 / max", _latencies(post))
+    add("i", "GET /healthz, same sync-api, client and concurrency: p50 / p90 / p99 / max", _latencies(health))
+    new, kept = n["gateway_direct_new_connection"], n["gateway_direct_kept_alive"]
+    add("i", "  the gateway's status request asked directly, new connection / kept alive: p50 / p99",
+        f"{new['p50_ms']} / {new['p99_ms']} ms; {kept['p50_ms']} / {kept['p99_ms']} ms", "(floor)")
+    add("i", f"our own cost: notification p50 - {n['gateway_latency_ms']:g} ms, as a multiple of /healthz p50",
+        f"{n['own_p50_ms']} ms = {n['own_p50_over_healthz_p50']}x", "(info)")
+    add("i", "  ratio notification / healthz, p50 and p99", f"{n['ratio_p50']}x / {n['ratio_p99']}x", "(info)")
+    checks = n["checks"]
+    add("i", "  all 200 paid; bookings paid / one payment row each / e-tickets queued; status requests",
+        f"{_codes(post)}; {checks['paid']} / {checks['one_payment_each']} / {checks['etickets_queued']};"
+        f" {n['gateway_status_requests']}", "all equal", True)
+    add("i", "  CPU ms per notification by process; machine busy (steal; loadavg before)",
+        _per_student(post["cpu_seconds"], max(post["requests"], 1)) + f"; {_machine(post)}")
+    r = i["reconcile"]
+    add("i", f"reconcile() of {r['bookings']:,} pending bookings, gateway {r['gateway_latency_ms']:g} ms limited to"
+             f" {r['rate_limit_per_s']}/s, {r['concurrency']} in flight, paced at {r['pace_per_s']:g}/s",
+        f"{r['seconds']} s ({r['per_s']}/s)", f"< {r['target_s']:g} s", r["seconds"] < r["target_s"])
+    add("i", "  the gateway limit's bound (bookings / limit); wall / bound; reconcile's own pace bound",
+        f"{r['floor_s']} s; {r['ratio']}x; {r['pace_bound_s']} s", "(floor)")
+    add("i", "  status requests / 429s the gateway sent", f"{r['status_requests']} / {r['rate_limited']}", "(info)")
+    checks = r["checks"]
+    add("i", "  bookings paid / one payment row each / one e-ticket outbox row each",
+        f"{checks['paid']} / {checks['one_payment_each']} / {checks['eticket_outbox_rows']}", "all equal", True)
+    add("i", "  CPU ms per booking by process; machine busy (steal; loadavg before)",
+        _per_student(r["cpu_seconds"], r["bookings"]) + f"; {_machine(r)}")
+    add("i", "  mean busy DB sessions", _sessions(r["db_sessions"]))
+    pooled = r["pool_of_concurrency"]
+    add("i", f"  the same, data regenerated, engine pool {pooled['pool_size']} (one connection per thread);"
+             " wall / bound; 429s", f"{pooled['seconds']} s ({pooled['per_s']}/s); {pooled['ratio']}x;"
+        f" {pooled['rate_limited']}", "(info)")
+    add("i", "    CPU ms per booking by process; machine busy; sessions ended",
+        _per_student(pooled["cpu_seconds"], r["bookings"]) + f"; {_machine(pooled)};"
+        f" {pooled['db_sessions']['sessions_ended']}", "(info)")
+
+
+def _codes(result: dict) -> str:
+    return ", ".join(f"{code}: {n}" for code, n in result["status_codes"].items())
 
 
 def _answers(result: dict) -> str:
@@ -367,6 +429,9 @@ def print_table(results: dict) -> None:
         print("(g) sweep() is called in-process (its actor only wraps it in Dramatiq), on the worker's engine, writing")
         print("    its JSON log lines to a file; the data is regenerated before every run. A tour update's wait is")
         print("    timed by a probe process while a sweep runs: a booking's wait for the tours' row locks.")
+    if "i" in parts:
+        print("(i) a closed loop: each client thread of the bench sends its next request when its last was answered;")
+        print("    reconcile() runs in the bench process on the booking-expiry worker's engine; the gateway apart.")
     if "error" in results:
         print(f"ABORTED: {results['error']}")
     print(f"figures: {common.RESULTS_DIR / 'latest.json'}   logs: {results['logs']}")

@@ -233,11 +233,12 @@ def start_sync_worker(upstream: str, *, processes: int, threads: int) -> Service
     ).start(timeout=90)
 
 
-def start_sync_api() -> str:
-    """The real ``sync-api`` (gunicorn, its own default workers and threads); returns its base URL."""
+def start_sync_api(**env: str) -> str:
+    """The real ``sync-api`` (gunicorn, its own default workers and threads), with ``env`` added to its
+    environment; returns its base URL."""
     port = free_port()
     Service(
-        f"sync-api-{port}", [str(BIN / "sync-api")], base_env(PORT=str(port)),
+        f"sync-api-{port}", [str(BIN / "sync-api")], base_env(PORT=str(port), **env),
         ready_url=f"http://127.0.0.1:{port}/healthz",
     ).start()
     return f"http://127.0.0.1:{port}"

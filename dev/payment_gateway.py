@@ -6,7 +6,9 @@ gateway knows of an order, as Midtrans does: its ``transaction_status``, ``fraud
 none. ``POST /dev/orders/<order_id>`` (same auth) records what happened to an order, as a customer
 paying or a bank refunding would: sync-api's payment simulator calls it, and tests drive it.
 ``POST /dev/faults`` makes the next status requests fail (``{"status": 503, "count": 2}``) or hang
-(``{"delay_s": 5}``); ``GET /dev/requests`` counts the status requests per order.
+(``{"delay_s": 5}``); ``GET /dev/requests`` counts the status requests per order. With a rate limit
+(``--rate-limit N``), a status request beyond N in the last second is answered 429 with ``Retry-After: 1``,
+as the real gateway does; ``GET /dev/stats`` counts the status requests and those 429s.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,9 +32,15 @@ _ORDER = re.compile(r"^/dev/orders/([^/]+)$")
 class Gateway:
     """What the stand-in knows: each order's latest status, the faults to play, the requests seen."""
 
-    def __init__(self, server_key: str, *, latency_ms: float = 0.0) -> None:
+    def __init__(self, server_key: str, *, latency_ms: float = 0.0, rate_limit_per_s: int | None = None) -> None:
         self.server_key = server_key
         self.latency_ms = latency_ms
+        #: Status requests answered a second at most (a sliding one-second window); None: no limit.
+        self.rate_limit_per_s = rate_limit_per_s
+        self._answered_at: deque[float] = deque()
+        #: Status requests received, and those answered 429 by the rate limit.
+        self.status_requests = 0
+        self.rate_limited = 0
         self.orders: dict[str, dict[str, Any]] = {}
         self.requests: dict[str, int] = {}
         self.fault: dict[str, Any] = {}
@@ -66,6 +75,21 @@ class Gateway:
             self._server.shutdown()
             self._server.server_close()
 
+    def _over_limit(self) -> bool:
+        """Count a status request; True when it is one too many for the last second (it gets a 429)."""
+        with self.lock:
+            self.status_requests += 1
+            if self.rate_limit_per_s is None:
+                return False
+            now = time.monotonic()
+            while self._answered_at and self._answered_at[0] <= now - 1.0:
+                self._answered_at.popleft()
+            if len(self._answered_at) >= self.rate_limit_per_s:
+                self.rate_limited += 1
+                return True
+            self._answered_at.append(now)
+            return False
+
     def _next_fault(self) -> dict[str, Any]:
         with self.lock:
             if not self.fault or self.fault["count"] <= 0:
@@ -86,6 +110,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/dev/requests":
             with self.gateway.lock:
                 return self._send(200, dict(self.gateway.requests))
+        if self.path == "/dev/stats":
+            with self.gateway.lock:
+                return self._send(200, {"status_requests": self.gateway.status_requests,
+                                        "rate_limited": self.gateway.rate_limited})
         match = _STATUS.match(self.path)
         if match is None:
             return self._send(404, {"status_code": "404", "status_message": "not found"})
@@ -94,6 +122,9 @@ class _Handler(BaseHTTPRequestHandler):
         order_id = match.group(1)
         with self.gateway.lock:
             self.gateway.requests[order_id] = self.gateway.requests.get(order_id, 0) + 1
+        if self.gateway._over_limit():
+            return self._send(429, {"status_code": "429", "status_message": "too many requests"},
+                              {"Retry-After": "1"})
         fault = self.gateway._next_fault()
         if fault.get("delay_s"):
             time.sleep(fault["delay_s"])
@@ -162,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8082)
     parser.add_argument("--server-key", required=True, help="the PAYMENT_SERVER_KEY callers authenticate with")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each status answer")
+    parser.add_argument("--rate-limit", type=int, default=None, metavar="N",
+                        help="answer 429 (Retry-After: 1) to status requests beyond N in the last second")
     args = parser.parse_args(argv)
-    gateway = Gateway(args.server_key, latency_ms=args.latency_ms)
+    gateway = Gateway(args.server_key, latency_ms=args.latency_ms, rate_limit_per_s=args.rate_limit)
     server = make_server(gateway, args.host, args.port)
     print(f"dev-payment-gateway: development payment gateway (a stand-in for PAYMENT_API_BASE_URL) on "
           f"http://{args.host}:{server.server_port}", file=sys.stderr, flush=True)
