@@ -6,38 +6,17 @@ that raises what PostgreSQL's timeouts raise (the real thing: tests/sync_api/boo
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from psycopg import errors as pg_errors
 from sqlalchemy.exc import OperationalError
 
-from antrian.config import load_settings
 from antrian.errors import AntrianError, Busy, DependencyUnavailable, TourBusy
-from sync_api import create_app
 from sync_api.bookings import booking as bookings
-from tests.support import free_port
+from tests.sync_api.web.conftest import AUTH
 
 pytestmark = pytest.mark.fast
 
-TOKEN = "fast-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-NOWHERE = replace(
-    load_settings({}), api_token=TOKEN,
-    database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere",
-    broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-)
 BOOKING = {"tour_id": 7, "quantity": 3, "customer_name": "Budi", "customer_email": "budi@example.com"}
-
-
-@pytest.fixture(scope="module")
-def app():
-    return create_app(NOWHERE)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def _raising(monkeypatch, exc: BaseException) -> None:

@@ -6,39 +6,17 @@ not exist, so any route that reached either would answer 503 instead of the answ
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from antrian.bookings import payments
-from antrian.config import load_settings
 from antrian.errors import AntrianError, Conflict, DependencyUnavailable, InvalidInput, NotFound, RunAlreadyRunning
 from antrian.jobs.failed_jobs import FailedJobNotFound, RetryInterrupted
-from sync_api import create_app
 from sync_api.bookings import booking as bookings
 from sync_api.sync.errors import StudentSyncFailed, UpstreamError
-from tests.support import free_port
+from tests.sync_api.web.conftest import AUTH, TOKEN
 
 pytestmark = pytest.mark.fast
 
-TOKEN = "fast-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-#: Nothing listens there: a route that reached the database or the broker would answer 503.
-NOWHERE = replace(
-    load_settings({}), api_token=TOKEN, payment_server_key="key", payment_simulator=True,
-    database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere",
-    broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-)
-
-
-@pytest.fixture(scope="module")
-def app():
-    return create_app(NOWHERE)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def test_every_error_antrian_raises_on_purpose_has_one_root_and_a_status():
