@@ -177,3 +177,18 @@ def test_two_reconciliations_at_once_apply_each_answer_once(clean, tours):
             "WHERE b.code LIKE :prefix GROUP BY b.id, b.status"), {"prefix": f"{prefix}-%"}).all()
     assert sorted(rows) == [("paid", 1)] * 40
     assert len(e_tickets(clean)) == 40
+
+
+def test_an_answer_that_cannot_be_applied_is_left_for_later_and_the_run_goes_on(clean, tours):
+    # Given two pending bookings paid at the gateway, whose answer for the first has an amount that is not a number
+    [tour] = tours.add(1, quota=100)
+    prefix = add_bookings(clean, [tour], 2)
+    broken, fine = f"{prefix}-0000000", f"{prefix}-0000001"
+    settled_at_gateway(clean, fine)
+    payment_gateway().record(broken, {"transaction_status": "settlement", "transaction_id": "tx",
+                                      "gross_amount": "lots", "status_code": "200"})
+    # When they are reconciled
+    done = reconcile(clean, StatusApi(base_url=payment_gateway().url, server_key=PAYMENT_SERVER_KEY))
+    # Then the broken one is left for the next run, and the other is paid
+    assert (done.asked, done.deferred, done.outcomes["paid"]) == (2, 1, 1)
+    assert booking(clean, broken)["status"] == "pending" and booking(clean, fine)["status"] == "paid"

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, text
 
 from antrian.bookings import payments
 from antrian.bookings.gateway import GatewayUnavailable, StatusApi
-from antrian.errors import DependencyUnavailable
+from antrian.errors import DependencyUnavailable, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _ask(status_api: StatusApi, engine: Engine, code: str, pace: _Pace) -> str |
             return None
         try:
             result = payments.apply(engine, confirmed)
-        except (payments.UnknownOrder, payments.AmountMismatch) as exc:
+        except (InvalidInput, NotFound) as exc:  # an amount that does not match, or is not a number
             logger.warning("payment of %s not reconciled: %s", code, exc)
             return "deferred"
         return "duplicate" if result.duplicate else result.outcome
