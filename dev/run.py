@@ -241,7 +241,7 @@ def bookable_tour(env: Mapping[str, str]) -> int | None:
     from antrian.db import engine as db
     from antrian.db.models import Tour
 
-    engine = db.make_engine(load_settings(env).database_url)
+    engine = db.engine_for(load_settings(env))
     try:
         with engine.connect() as connection:
             return connection.scalar(select(Tour.id).where(Tour.quota >= 2).order_by(Tour.starts_at).limit(1))

@@ -60,7 +60,7 @@ def migrate() -> None:
 def seed_demo(students: int, tours: int, if_empty: bool) -> None:
     """Insert demo students and tours for development."""
     settings = settings_or_exit("antrian seed-demo", broker=False)
-    engine = db.make_engine(settings.database_url, **db.timeouts(settings))
+    engine = db.engine_for(settings)
     if if_empty and demo.has_students(engine):
         click.echo("students exist already; no demo students added")
     else:
@@ -83,7 +83,7 @@ def sync_start(wait: bool) -> None:
     from antrian.runtime.broker import make_broker
 
     settings = settings_or_exit("antrian sync start")
-    engine = db.make_engine(settings.database_url, **db.timeouts(settings))
+    engine = db.engine_for(settings)
     broker = make_broker(settings)
     try:
         run = sync_runs.start_run(engine, broker)
@@ -133,7 +133,7 @@ def _scheduled(*, broker: bool) -> tuple[Settings, Engine, ModuleType]:
     root = click.get_current_context().find_root().info_name
     # (info_name is None only for a context built by hand: then the program is called "None", as it always was.)
     settings = settings_or_exit("antrian schedule" if root == "antrian" else str(root), broker=broker)
-    return settings, db.make_engine(settings.database_url, **db.timeouts(settings)), scheduling
+    return settings, db.engine_for(settings), scheduling
 
 
 @schedule.command("list")

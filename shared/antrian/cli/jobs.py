@@ -40,7 +40,7 @@ def jobs() -> None:
 def failed(queue: str | None, limit: int, as_json: bool) -> None:
     """List failed jobs, newest first: what failed and why."""
     settings = settings_or_exit("antrian jobs failed", broker=False)
-    engine = db.make_engine(settings.database_url, **db.timeouts(settings))
+    engine = db.engine_for(settings)
     items, total = guarded("antrian jobs failed", lambda: failed_jobs.list_failed(engine, queue=queue, limit=limit))
     if as_json:
         for item in items:
@@ -61,7 +61,7 @@ def failed(queue: str | None, limit: int, as_json: bool) -> None:
 def show(job_id: int) -> None:
     """Print one failed job in full, with its traceback."""
     settings = settings_or_exit("antrian jobs show", broker=False)
-    engine = db.make_engine(settings.database_url, **db.timeouts(settings))
+    engine = db.engine_for(settings)
     job = _or_exit("antrian jobs show", lambda: failed_jobs.get(engine, job_id))
     for key in ("id", "message_id", "queue", "actor", "args", "kwargs", "attempts", "worker", "enqueued_at",
                 "failed_at", "exception"):
@@ -85,7 +85,7 @@ def retry(job_ids: tuple[int, ...], retry_all: bool, queue: str | None, batch_si
 
     program = "antrian jobs retry"
     settings = settings_or_exit(program)
-    engine, broker = db.make_engine(settings.database_url, **db.timeouts(settings)), make_broker(settings)
+    engine, broker = db.engine_for(settings), make_broker(settings)
     try:
         if retry_all:
             count = _or_exit(program, lambda: failed_jobs.retry(engine, broker, settings.broker_url, queue=queue,
@@ -110,7 +110,7 @@ def flush(queue: str | None, older_than: str | None) -> None:
     except InvalidInput as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     settings = settings_or_exit("antrian jobs flush", broker=False)
-    engine = db.make_engine(settings.database_url, **db.timeouts(settings))
+    engine = db.engine_for(settings)
     count = guarded("antrian jobs flush",
                     lambda: failed_jobs.flush(engine, queue=queue, older_than=age, source="cli"))
     click.echo(f"flushed {_failed_jobs(count)}")
@@ -122,7 +122,7 @@ def queues(watch: float | None) -> None:
     """Each queue's ready, unacknowledged, delayed and failed messages, its consumers and rates."""
     from antrian.jobs import queue_stats
     settings = settings_or_exit("antrian queues", broker=False)
-    engine = db.make_engine(settings.database_url, **db.timeouts(settings))
+    engine = db.engine_for(settings)
 
     def table() -> None:
         stats = guarded("antrian queues", lambda: queue_stats.collect(settings, engine))

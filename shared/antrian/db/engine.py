@@ -43,13 +43,10 @@ def timeouts(settings: Settings) -> Timeouts:
     )
 
 
-def default_timeouts() -> Timeouts:
-    """The timeouts an engine gets when its caller names none: the settings' defaults."""
-    return Timeouts(
-        statement_timeout_ms=DEFAULT_DB_STATEMENT_TIMEOUT_MS,
-        lock_timeout_ms=DEFAULT_DB_LOCK_TIMEOUT_MS,
-        idle_in_transaction_timeout_ms=DEFAULT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
-    )
+def engine_for(settings: Settings, *, pool_size: int = 5, max_overflow: int = 30, autocommit: bool = False) -> Engine:
+    """:func:`make_engine` for the settings' database with the settings' timeouts: what every process uses."""
+    return make_engine(settings.database_url, pool_size=pool_size, max_overflow=max_overflow, autocommit=autocommit,
+                       **timeouts(settings))
 
 
 def make_engine(
@@ -72,7 +69,7 @@ def make_engine(
     Every connection starts with PostgreSQL's ``statement_timeout``, ``lock_timeout`` and
     ``idle_in_transaction_session_timeout`` set to the given milliseconds (0: off), sent with the
     connection's startup packet (no extra round trip). A statement's ``SET LOCAL`` overrides them for
-    its transaction. Production callers pass the settings' values: ``**timeouts(settings)``.
+    its transaction. Processes call :func:`engine_for`, which passes the settings' values.
     """
     options = (
         f"-c statement_timeout={_milliseconds(statement_timeout_ms)}"

@@ -25,7 +25,8 @@ from dramatiq.middleware import Middleware, SkipMessage
 from sqlalchemy import Engine
 
 from antrian.amqp.connection import connection_parameters
-from antrian.db.engine import Timeouts, default_timeouts, make_engine, retry_on_disconnect
+from antrian.config import Settings
+from antrian.db.engine import engine_for, retry_on_disconnect
 from antrian.jobs import failed_jobs
 
 logger = logging.getLogger(__name__)
@@ -64,15 +65,13 @@ class KeepFailedJobs(Middleware):
     time limit must not strike while the failure is being stored).
 
     Parameters:
-      database_url(str): where ``failed_jobs`` is.
-      broker_url(str): RabbitMQ, for the dead-letter importer's own connection.
-      db_timeouts(Timeouts | None): PostgreSQL's timeouts for its engine (make_engine's defaults when None).
+      settings(Settings): where ``failed_jobs`` is (and its timeouts), and RabbitMQ, for the dead-letter
+        importer's own connection.
     """
 
-    def __init__(self, database_url: str, broker_url: str, *, db_timeouts: Timeouts | None = None) -> None:
-        self.database_url = database_url
-        self.broker_url = broker_url
-        self.db_timeouts = db_timeouts or default_timeouts()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker_url = settings.broker_url
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         self._importer: DeadLetterImporter | None = None
@@ -82,8 +81,7 @@ class KeepFailedJobs(Middleware):
         if self._engine is None:
             with self._engine_lock:
                 if self._engine is None:
-                    self._engine = make_engine(self.database_url, pool_size=1, max_overflow=10, autocommit=True,
-                                               **self.db_timeouts)
+                    self._engine = engine_for(self.settings, pool_size=1, max_overflow=10, autocommit=True)
         return self._engine
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:

@@ -10,7 +10,6 @@ from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
 
 from antrian.amqp.connection import with_heartbeat
 from antrian.config import Settings
-from antrian.db.engine import timeouts
 from antrian.jobs.keep_failed import KeepFailedJobs
 from antrian.runtime import heartbeat
 
@@ -39,7 +38,7 @@ def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None
     """
     middleware = [factory() for factory in default_middleware]
     # First, so that its after-hooks run last: after Retries has given up, after TimeLimit stopped its timer.
-    middleware.insert(0, KeepFailedJobs(settings.database_url, settings.broker_url, db_timeouts=timeouts(settings)))
+    middleware.insert(0, KeepFailedJobs(settings))
     middleware.append(CurrentMessage())
     if settings.antrian_heartbeat_dir:  # a worker started by antrian.runtime.workers.exec_worker
         beats = Heartbeat(Path(settings.antrian_heartbeat_dir), interval_s=settings.antrian_heartbeat_interval_s)

@@ -24,7 +24,7 @@ def fail(program: str, message: str, code: int) -> NoReturn:
 
 
 def check_database(settings: Settings) -> None:
-    engine = db.make_engine(settings.database_url, pool_size=1, max_overflow=0, **db.timeouts(settings))
+    engine = db.engine_for(settings, pool_size=1, max_overflow=0)
     try:
         db.ping(engine)
     except Exception as exc:  # noqa: BLE001 - any failure means "unreachable" here

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from antrian.bookings import reconcile
 from antrian.bookings.gateway import StatusApi
 from antrian.config import Settings
-from antrian.db.engine import make_engine, timeouts
+from antrian.db.engine import engine_for
 from antrian.messages import BOOKING_EXPIRY_QUEUE, EXPIRE_UNPAID_BOOKINGS, RECONCILE_PAYMENTS
 from antrian.runtime.per_process import PerProcess
 from booking_expiry.bookings import sweep
@@ -32,9 +32,7 @@ class _Process:
 
 
 def _process(settings: Settings) -> _Process:
-    engine = make_engine(
-        settings.database_url, pool_size=settings.db_pool_size_for("booking-expiry"), **timeouts(settings)
-    )
+    engine = engine_for(settings, pool_size=settings.db_pool_size_for("booking-expiry"))
     return _Process(settings=settings, engine=engine)
 
 

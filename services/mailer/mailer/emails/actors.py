@@ -9,7 +9,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from antrian.config import Settings
-from antrian.db.engine import make_engine, timeouts
+from antrian.db.engine import engine_for
 from antrian.messages import EMAILS_QUEUE, SEND_CANCELLATION_EMAIL, SEND_ETICKET_EMAIL, SEND_INVOICE_EMAIL
 from antrian.runtime.per_process import PerProcess
 from mailer.emails.deliveries import Deliveries
@@ -23,7 +23,7 @@ from mailer.transport import make_transport
 def _deliveries(settings: Settings) -> Deliveries:
     # Not autocommit: a delivery holds its row lock in a transaction while the email is sent (which is why
     # DB_IDLE_IN_TRANSACTION_TIMEOUT_MS must exceed EMAIL's time limit).
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size_for("mailer"), **timeouts(settings))
+    engine = engine_for(settings, pool_size=settings.db_pool_size_for("mailer"))
     sender = Sender(settings.mail_from_address, settings.mail_from_name)
     return Deliveries(engine=engine, transport=make_transport(settings), sender=sender)
 

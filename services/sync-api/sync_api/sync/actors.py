@@ -15,7 +15,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from antrian.amqp.publisher import ConfirmedPublisher
 from antrian.config import Settings
-from antrian.db.engine import is_disconnect, make_engine, timeouts
+from antrian.db.engine import engine_for, is_disconnect
 from antrian.jobs.failed_jobs import RETRIED_FROM
 from antrian.messages import FAN_OUT_SYNC_RUN, SYNC_QUEUE, SYNC_STUDENT_PAYMENT
 from antrian.runtime.per_process import PerProcess
@@ -36,10 +36,7 @@ class _Runtime:
 
 def _make_runtime(settings: Settings) -> _Runtime:
     """This process's engine and upstream client, from ``settings``."""
-    engine = make_engine(
-        settings.database_url, autocommit=True, pool_size=settings.db_pool_size_for("sync-worker"), max_overflow=8,
-        **timeouts(settings),
-    )
+    engine = engine_for(settings, autocommit=True, pool_size=settings.db_pool_size_for("sync-worker"), max_overflow=8)
     school_api = SchoolApi(
         base_url=settings.require("upstream_base_url"),
         token=settings.upstream_token,

@@ -8,7 +8,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from flask import Flask, current_app
 from sqlalchemy import Engine
 
-from antrian.db.engine import make_engine, timeouts
+from antrian.db.engine import engine_for
 from antrian.runtime.broker import make_broker
 
 _lock = threading.Lock()
@@ -29,8 +29,7 @@ def _get(name: str, factory):
 
 def get_engine() -> Engine:
     def factory(settings) -> Engine:
-        return make_engine(settings.database_url, pool_size=settings.db_pool_size_for("sync-api"),
-                           **timeouts(settings))
+        return engine_for(settings, pool_size=settings.db_pool_size_for("sync-api"))
 
     return _get("engine", factory)
 
