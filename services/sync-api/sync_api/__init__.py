@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from sync_api.bookings import payments_api
     from sync_api.jobs import api as jobs_api
     from sync_api.sync import api as sync_runs_api
-    from sync_api.web import errors, extensions, health, http_metrics
+    from sync_api.web import errors, extensions, health, http_metrics, openapi
 
     extensions.init_app(app)
     errors.init_app(app)
@@ -55,4 +55,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(payments_api.bp)
     app.register_blueprint(jobs_api.bp)
     app.register_blueprint(admin.bp)
+    openapi.init_app(app)
     return app

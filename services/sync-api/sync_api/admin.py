@@ -7,9 +7,11 @@ from flask import Blueprint, jsonify, redirect, render_template, request, sessio
 from antrian.jobs import queue_stats
 from antrian.sync import runs as sync_runs
 from sync_api.sync.api import start_run_response
+from sync_api.sync.schemas import Progress, RunFailures, RunStarted
 from sync_api.web import auth
 from sync_api.web.extensions import get_engine
-from sync_api.web.pagination import page
+from sync_api.web.openapi import TOKEN_OR_SESSION, documented
+from sync_api.web.schemas import PageQuery
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -43,7 +45,9 @@ def logout():
 
 
 @bp.get("/sync-pembayaran")
+@documented(tags=("admin",), security=TOKEN_OR_SESSION, ok={"HTTP_200": None, "HTTP_302": None})
 def sync_page():
+    """The HTML page that starts a run and shows its progress live (a redirect to the login form without a session)."""
     if not auth.is_authenticated():
         return redirect(url_for("admin.login", next=request.path))
     return render_template("sync_pembayaran.html")
@@ -59,7 +63,9 @@ def jobs_page():
 
 @bp.get("/sync-pembayaran/progress")
 @auth.login_required_json
+@documented(tags=("admin",), security=TOKEN_OR_SESSION, ok={"HTTP_200": Progress})
 def progress():
+    """The latest run, in the shape the old admin page polls."""
     run = sync_runs.latest_run(get_engine())
     if run is None:
         return jsonify(_NO_RUN)
@@ -68,16 +74,20 @@ def progress():
 
 @bp.post("/sync-pembayaran/start")
 @auth.login_required_json
+@documented(tags=("admin",), security=TOKEN_OR_SESSION, ok={"HTTP_202": RunStarted}, errors=(403, 409))
 def start():
+    """Start a run, as ``POST /api/sync-runs`` (with a session: only with the ``X-Requested-With`` header)."""
     return start_run_response()
 
 
 @bp.get("/sync-pembayaran/failures")
 @auth.login_required_json
-def failures():
-    limit, offset = page()
+@documented(tags=("admin",), security=TOKEN_OR_SESSION, query=PageQuery, ok={"HTTP_200": RunFailures},
+            errors=(400,))
+def failures(query: PageQuery):
+    """The latest run's failed students."""
     run = sync_runs.latest_run(get_engine())
     if run is None:
         return jsonify({"items": [], "total": 0})
-    items, total = sync_runs.list_failures(get_engine(), run["id"], limit=limit, offset=offset)
+    items, total = sync_runs.list_failures(get_engine(), run["id"], limit=query.limit, offset=query.offset)
     return jsonify({"items": items, "total": total, "run_id": run["id"]})

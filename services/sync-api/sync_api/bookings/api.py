@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import Connection
 
 from sync_api.bookings import booking as bookings
 from sync_api.bookings import idempotency
 from sync_api.bookings.metrics import BOOKINGS_CREATED
+from sync_api.bookings.schemas import Booking, BookingCreated, NewBooking, NewTour, Tour
 from sync_api.web import auth
 from sync_api.web.extensions import get_engine
-from sync_api.web.validation import amount_field, aware_datetime, email_field, json_object, text_field, whole_number
+from sync_api.web.openapi import documented
+from sync_api.web.validation import MAX_ID
 
 bp = Blueprint("bookings", __name__, url_prefix="/api")
 bp.before_request(auth.require_token)
-
-#: Bounds that keep every value inside its column and out of absurdity: a booking's total (price x seats)
-#: stays below the column's 1e12.
-MAX_QUOTA, MAX_SEATS_PER_BOOKING, PRICE_LIMIT = 100_000, 1_000, Decimal("1e9")
-MAX_ID = 2**63 - 1
 #: What an ``Idempotency-Key`` is scoped to (with the caller).
 BOOKINGS_ROUTE = "POST /api/bookings"
 #: The booking's fields that ``POST /api/bookings`` answers with.
@@ -28,27 +23,27 @@ BOOKING_ANSWER = ("id", "code", "status", "total_amount", "expires_at", "tour_id
 
 
 @bp.post("/tours")
-def create_tour():
-    body = json_object()
+@documented(tags=("bookings",), body=NewTour, ok={"HTTP_201": Tour}, errors=(400,))
+def create_tour(json: NewTour):
+    """Add a tour with its seats on sale."""
     tour = bookings.create_tour(
-        get_engine(),
-        name=text_field(body, "name", max_length=200),
-        quota=whole_number(body, "quota", low=0, high=MAX_QUOTA),
-        price=amount_field(body, "price", high=PRICE_LIMIT),
-        starts_at=aware_datetime(body, "starts_at"),
+        get_engine(), name=json.name, quota=json.quota, price=json.price, starts_at=json.starts_at
     )
     return jsonify(tour), 201
 
 
 @bp.post("/bookings")
-def create_booking():
-    """Book; with an ``Idempotency-Key`` header, once per key (``sync_api.bookings.idempotency``)."""
+@documented(tags=("bookings",), body=NewBooking, ok={"HTTP_201": BookingCreated}, errors=(400, 404, 409, 422))
+def create_booking(json: NewBooking):
+    """Book seats (taken at once; the invoice email is queued); with an ``Idempotency-Key`` header, once per key.
+
+    The same key and body answers the first booking again with ``Idempotent-Replayed: true``; the same key
+    with another body is a 422. A tour whose row stays locked answers 503 with ``Retry-After``.
+    """
     key = idempotency.parse_key(request.headers.getlist(idempotency.HEADER))
-    body = json_object()
-    tour_id = whole_number(body, "tour_id", low=1, high=MAX_ID)
-    quantity = whole_number(body, "quantity", low=1, high=MAX_SEATS_PER_BOOKING)
-    customer_name = text_field(body, "customer_name", max_length=200)
-    customer_email = email_field(body, "customer_email")
+    body = request.get_json()
+    tour_id, quantity = json.tour_id, json.quantity
+    customer_name, customer_email = json.customer_name, json.customer_email
     expiry_minutes = current_app.config["ANTRIAN"].booking_expiry_minutes
 
     def book(connection: Connection | None = None) -> idempotency.Answer:
@@ -73,9 +68,11 @@ def create_booking():
     return jsonify(answer.body), answer.status
 
 
-@bp.get("/bookings/<int:booking_id>")
+@bp.get(f"/bookings/<int(max={MAX_ID}):booking_id>")
+@documented(tags=("bookings",), ok={"HTTP_200": Booking}, errors=(404,))
 def show_booking(booking_id: int):
-    booking = bookings.get_booking(get_engine(), booking_id) if booking_id <= MAX_ID else None
+    """One booking."""
+    booking = bookings.get_booking(get_engine(), booking_id)
     if booking is None:
         raise bookings.BookingNotFound(booking_id)
     return jsonify(booking)

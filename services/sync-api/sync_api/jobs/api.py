@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import re
-
 from flask import Blueprint, current_app, jsonify, request
 
 from antrian.errors import InvalidInput
 from antrian.jobs import failed_jobs, queue_stats
+from sync_api.jobs.schemas import (
+    FailedJob,
+    FailedJobs,
+    FailedJobsQuery,
+    Flushed,
+    FlushQuery,
+    OfQueue,
+    QueueChoice,
+    Queues,
+    Retried,
+)
 from sync_api.web import auth
 from sync_api.web.extensions import get_broker, get_engine
-from sync_api.web.pagination import page
-from sync_api.web.validation import json_object
+from sync_api.web.openapi import documented
+from sync_api.web.validation import MAX_ID, json_object
 
 bp = Blueprint("jobs", __name__, url_prefix="/api")
 bp.before_request(auth.require_token)
-
-#: The largest id PostgreSQL's bigint holds.
-MAX_ID = 2**63 - 1
 
 
 def _source() -> str:
@@ -25,10 +31,8 @@ def _source() -> str:
     return "admin" if request.headers.get(auth.SCRIPT_HEADER) else "api"
 
 
-def _job_id(raw: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,19}", raw) or not 0 < int(raw) <= MAX_ID:
-        raise InvalidInput("a failed job id is a positive whole number")
-    return int(raw)
+#: A failed job's id in a path (anything else names no failed job: 404).
+JOB_ID = f"<int(min=1, max={MAX_ID}):job_id>"
 
 
 def _queue() -> str | None:
@@ -39,7 +43,7 @@ def _queue() -> str | None:
         unknown = set(body) - {"queue"}
         if unknown:
             raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
-        if "queue" in body:
+        if body.get("queue") is not None:  # null is no choice, as leaving it out
             if queue is not None and body["queue"] != queue:
                 raise InvalidInput("queue is given twice, differently")
             queue = body["queue"]
@@ -49,27 +53,34 @@ def _queue() -> str | None:
 
 
 @bp.get("/jobs/failed")
-def list_failed():
-    limit, offset = page()
-    items, total = failed_jobs.list_failed(get_engine(), queue=_queue(), limit=limit, offset=offset)
+@documented(tags=("jobs",), query=FailedJobsQuery, ok={"HTTP_200": FailedJobs}, errors=(400,))
+def list_failed(query: FailedJobsQuery):
+    """The failed jobs (out of attempts, kept with their last exception), newest first."""
+    items, total = failed_jobs.list_failed(get_engine(), queue=query.queue, limit=query.limit, offset=query.offset)
     return jsonify({"items": items, "total": total})
 
 
-@bp.get("/jobs/failed/<raw_id>")
-def show(raw_id: str):
-    return jsonify(failed_jobs.get(get_engine(), _job_id(raw_id)))
+@bp.get(f"/jobs/failed/{JOB_ID}")
+@documented(tags=("jobs",), ok={"HTTP_200": FailedJob}, errors=(400, 404))
+def show(job_id: int):
+    """One failed job with its traceback."""
+    return jsonify(failed_jobs.get(get_engine(), job_id))
 
 
-@bp.post("/jobs/failed/<raw_id>/retry")
-def retry(raw_id: str):
-    job_id = _job_id(raw_id)
+@bp.post(f"/jobs/failed/{JOB_ID}/retry")
+@documented(tags=("jobs",), ok={"HTTP_202": Retried}, errors=(400, 404))
+def retry(job_id: int):
+    """Put one failed job back on its queue with a fresh attempt count."""
     settings = current_app.config["ANTRIAN"]
     failed_jobs.retry(get_engine(), get_broker(), settings.broker_url, job_id=job_id, source=_source())
     return jsonify({"retried": 1, "id": job_id}), 202
 
 
 @bp.post("/jobs/failed/retry-all")
+@documented(tags=("jobs",), query=OfQueue, body=QueueChoice, body_optional=True, ok={"HTTP_202": Retried},
+            errors=(400,))
 def retry_all():
+    """Put every failed job (or one queue's) back on its queue."""
     queue = _queue()
     settings = current_app.config["ANTRIAN"]
     count = failed_jobs.retry(get_engine(), get_broker(), settings.broker_url, queue=queue, source=_source())
@@ -77,7 +88,10 @@ def retry_all():
 
 
 @bp.delete("/jobs/failed")
+@documented(tags=("jobs",), query=FlushQuery, body=QueueChoice, body_optional=True, ok={"HTTP_200": Flushed},
+            errors=(400,))
 def flush():
+    """Delete failed jobs for good (every one, one queue's, or those older than ``older_than``)."""
     queue = _queue()
     raw_age = request.args.get("older_than")
     try:
@@ -89,6 +103,8 @@ def flush():
 
 
 @bp.get("/queues")
+@documented(tags=("jobs",), ok={"HTTP_200": Queues})
 def queues():
+    """Each queue's ready, unacknowledged, delayed and dead-lettered messages."""
     stats = queue_stats.collect(current_app.config["ANTRIAN"], get_engine())
     return jsonify({"items": [s.as_dict() for s in stats], "total": len(stats)})

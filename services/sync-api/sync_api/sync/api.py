@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
-from antrian.errors import InvalidInput
 from antrian.sync import runs as sync_runs
 from antrian.sync.runs import SyncRunNotFound
+from sync_api.sync.schemas import RunFailures, RunStarted, StartRun, SyncRun
 from sync_api.web import auth
 from sync_api.web.extensions import get_broker, get_engine
-from sync_api.web.pagination import page
+from sync_api.web.openapi import documented
+from sync_api.web.schemas import PageQuery
+from sync_api.web.validation import MAX_ID
 
 bp = Blueprint("sync_runs", __name__, url_prefix="/api/sync-runs")
 bp.before_request(auth.require_token)
@@ -22,26 +24,27 @@ def start_run_response():
 
 
 @bp.post("")
+@documented(tags=("sync",), body=StartRun, body_optional=True, ok={"HTTP_202": RunStarted}, errors=(400, 409))
 def start():
-    if request.get_data():
-        body = request.get_json(force=True)  # malformed JSON -> 400
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object")
+    """Start a run: one job per student on queue ``sync-pembayaran``; 409 with the running run's ``id``."""
     return start_run_response()
 
 
-@bp.get("/<int:run_id>")
+@bp.get(f"/<int(max={MAX_ID}):run_id>")
+@documented(tags=("sync",), ok={"HTTP_200": SyncRun}, errors=(404,))
 def show(run_id: int):
+    """One run with its counts."""
     run = sync_runs.get_run(get_engine(), run_id)
     if run is None:
         raise SyncRunNotFound(run_id)
     return jsonify(run)
 
 
-@bp.get("/<int:run_id>/failures")
-def failures(run_id: int):
-    limit, offset = page()
+@bp.get(f"/<int(max={MAX_ID}):run_id>/failures")
+@documented(tags=("sync",), query=PageQuery, ok={"HTTP_200": RunFailures}, errors=(400, 404))
+def failures(run_id: int, query: PageQuery):
+    """The run's failed students with the last error of each."""
     if sync_runs.get_run(get_engine(), run_id) is None:
         raise SyncRunNotFound(run_id)
-    items, total = sync_runs.list_failures(get_engine(), run_id, limit=limit, offset=offset)
+    items, total = sync_runs.list_failures(get_engine(), run_id, limit=query.limit, offset=query.offset)
     return jsonify({"items": items, "total": total})

@@ -48,7 +48,11 @@ def init_app(app: Flask) -> None:
     def http_error(exc: HTTPException) -> Any:
         if not _wants_json():
             return exc
-        return error(exc.code or 500, _message(exc))
+        response, status = error(exc.code or 500, _message(exc))
+        for name, value in exc.get_headers():  # e.g. a 405's Allow, which RFC 9110 requires
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(OperationalError)
     def database_down(exc: OperationalError) -> tuple[Response, int]:

@@ -9,18 +9,24 @@ from antrian.errors import DependencyUnavailable
 from antrian.metrics import exposition
 from antrian.runtime.startup import check_broker
 from sync_api.web.extensions import get_engine
+from sync_api.web.openapi import PUBLIC, documented
+from sync_api.web.schemas import Health, Readiness
 from sync_api.web.state_metrics import DatabaseStateCollector, QueueStatsCollector
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@documented(tags=("health",), security=PUBLIC, ok={"HTTP_200": Health})
 def healthz():
+    """The process is alive."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@documented(tags=("health",), security=PUBLIC, ok={"HTTP_200": Readiness})
 def readyz():
+    """The database and the broker are reachable (503 with ``error`` naming what is not)."""
     settings = current_app.config["ANTRIAN"]
     checks, problems = {}, []
     for name, check in (("database", _check_database), ("broker", check_broker)):
@@ -45,7 +51,9 @@ def _check_database(settings) -> None:
 
 
 @bp.get("/metrics")
+@documented(tags=("health",), security=PUBLIC, ok={"HTTP_200": None})
 def metrics():
+    """Prometheus metrics (text exposition format)."""
     settings = current_app.config["ANTRIAN"]
     body, content_type = exposition(
         DatabaseStateCollector(get_engine()), QueueStatsCollector(settings, get_engine()),

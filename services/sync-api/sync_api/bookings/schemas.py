@@ -1,0 +1,94 @@
+"""The bodies and answers of ``/api/tours``, ``/api/bookings`` and ``/api/payments`` (validation and the document)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sync_api.web.validation import Amount, AwareDateTime, EmailAddress, Id, Text, WholeNumber
+
+#: Bounds that keep every value inside its column and out of absurdity: a booking's total (price x seats)
+#: stays below the column's 1e12.
+MAX_QUOTA, MAX_SEATS_PER_BOOKING, PRICE_LIMIT = 100_000, 1_000, Decimal("1e9")
+Money = Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]{2}$", description="rupiah, two decimals, as a string")]
+Moment = Annotated[str, Field(description="ISO 8601 with its time zone")]
+
+
+class NewTour(BaseModel):
+    name: Annotated[str, Text(200)]
+    quota: Annotated[int, WholeNumber(0, MAX_QUOTA)] = Field(description="seats on sale")
+    price: Annotated[Decimal, Amount(PRICE_LIMIT)] = Field(description="per seat")
+    starts_at: AwareDateTime
+
+
+class Tour(BaseModel):
+    id: int
+    name: str
+    quota: int = Field(description="seats left")
+    price: Money
+    starts_at: Moment
+
+
+class NewBooking(BaseModel):
+    """Fields not named here are ignored (an ``Idempotency-Key`` replay compares the whole body)."""
+
+    tour_id: Id
+    quantity: Annotated[int, WholeNumber(1, MAX_SEATS_PER_BOOKING)]
+    customer_name: Annotated[str, Text(200)]
+    customer_email: EmailAddress
+
+
+class BookingCreated(BaseModel):
+    id: int
+    code: str = Field(description="unique; the payment's order_id")
+    status: str = Field(description="``pending``")
+    total_amount: Money
+    expires_at: Moment
+    tour_id: int
+    quantity: int
+
+
+class Booking(BaseModel):
+    id: int
+    code: str
+    tour_id: int
+    customer_name: str
+    customer_email: str
+    quantity: int
+    total_amount: Money
+    status: str = Field(description="pending, paid, expired, cancelled or refunded")
+    created_at: Moment
+    expires_at: Moment
+    paid_at: Moment | None
+
+
+class PaymentNotification(BaseModel):
+    """The gateway's HTTP notification (Midtrans format); other fields are allowed and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    order_id: str = Field(min_length=1, description="the booking's code")
+    status_code: str = Field(min_length=1)
+    gross_amount: str = Field(min_length=1)
+    signature_key: str = Field(
+        min_length=1, description="SHA-512 of order_id + status_code + gross_amount + server key"
+    )
+    transaction_status: str = Field(min_length=1)
+    fraud_status: str | None = None
+    transaction_id: str | None = None
+
+
+class SimulatedPayment(BaseModel):
+    code: Annotated[str, Text(64)] = Field(description="the booking's code")
+
+
+class PaymentApplied(BaseModel):
+    """What the gateway confirmed did to the booking."""
+
+    id: int
+    code: str
+    status: str
+    outcome: str
+    duplicate: bool = Field(description="the same confirmed status was applied before; nothing changed")
