@@ -59,6 +59,10 @@ class Settings:
     smtp_username: str | None = None
     smtp_password: str | None = field(default=None, repr=False)
     smtp_security: str = "none"
+    #: ``SMTP_TIMEOUT_S``: seconds the mailer waits for the SMTP server to connect or answer, each time; a server
+    #: that stops answering mid-transaction fails that attempt (retried) instead of holding a worker thread and
+    #: its delivery row's lock until the emails' 120 s time limit. Keep it well below that limit.
+    smtp_timeout_s: float = 30.0
     mail_from_address: str = "noreply@example.com"
     mail_from_name: str = "antrian"
     mail_backend: str = "smtp"
@@ -206,6 +210,7 @@ _PARSERS: dict[str, Any] = {
     "smtp_username": _text,
     "smtp_password": _text,
     "smtp_security": _one_of("none", "starttls", "ssl"),
+    "smtp_timeout_s": _positive_float,
     "mail_from_address": str.strip,
     "mail_from_name": str.strip,
     "mail_backend": _one_of("smtp", "file"),

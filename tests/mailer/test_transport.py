@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import threading
@@ -15,6 +16,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from antrian.config import load_settings, replace
 from mailer.errors import EmailDeferred, EmailRefused
 from mailer.transport import FileTransport, SmtpTransport
 from tests.support import free_port, wait_until
@@ -156,6 +158,29 @@ def test_no_server_is_a_deferral():
     transport = SmtpTransport(host="127.0.0.1", port=free_port(), timeout_s=2)
     with pytest.raises(EmailDeferred, match="cannot connect"):
         transport.send(_email(), name="invoice-A")
+
+
+def test_a_server_that_greets_and_then_hangs_is_a_deferral_after_smtp_timeout_s():
+    # Given a server that sends its greeting and then never answers again (EHLO included)
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def greet_then_hang() -> None:
+        client, _ = listener.accept()
+        accepted.append(client)
+        client.sendall(b"220 stuck.example ESMTP\r\n")
+
+    threading.Thread(target=greet_then_hang, daemon=True).start()
+    settings = replace(load_settings({}), smtp_port=listener.getsockname()[1], smtp_timeout_s=0.5)
+    transport = SmtpTransport.from_settings(settings)
+    assert transport.timeout_s == 0.5
+    try:
+        # Then the send gives up after SMTP_TIMEOUT_S, as a deferral another attempt may fix
+        with pytest.raises(EmailDeferred, match="timed out"):
+            transport.send(_email(), name="invoice-A")
+    finally:
+        for sock in (*accepted, listener):
+            sock.close()
 
 
 class Accounts:

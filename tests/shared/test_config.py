@@ -33,6 +33,7 @@ def test_values_are_parsed():
             "PAYMENT_SIMULATOR": "true",
             "METRICS_PORT": "9999",
             "SMTP_SECURITY": "STARTTLS",
+            "SMTP_TIMEOUT_S": "2",
         }
     )
     assert settings.database_url == "postgresql+psycopg://u@db:5432/x"
@@ -41,6 +42,7 @@ def test_values_are_parsed():
     assert settings.payment_simulator is True
     assert settings.metrics_port_for("sync-worker") == 9999
     assert settings.smtp_security == "starttls"
+    assert settings.smtp_timeout_s == 2.0
 
 
 @pytest.mark.parametrize(
@@ -53,6 +55,7 @@ def test_values_are_parsed():
         ("UPSTREAM_TIMEOUT_S", "soon"),
         ("SMTP_PORT", "70000"),
         ("SMTP_SECURITY", "tls"),
+        ("SMTP_TIMEOUT_S", "0"),
         ("MAIL_BACKEND", "sendmail"),
         ("BOOKING_EXPIRY_MINUTES", "0"),
         ("PAYMENT_SIMULATOR", "maybe"),

@@ -20,8 +20,9 @@ from typing import Protocol
 from antrian.config import Settings
 from mailer.errors import EmailDeferred, EmailRefused
 
-#: Seconds an SMTP connect or reply may take; well below the actors' time limit.
-SMTP_TIMEOUT_S = 30.0
+#: Seconds an SMTP connect or reply may take when the caller says nothing (``SMTP_TIMEOUT_S``'s default);
+#: well below the actors' time limit.
+SMTP_TIMEOUT_S = Settings().smtp_timeout_s
 #: The reply of a server that is closing the session (RFC 5321 4.2.3): it sent nothing, but the connection is gone.
 SERVICE_CLOSING = 421
 
@@ -65,7 +66,8 @@ class SmtpTransport:
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpTransport:
         return cls(host=settings.smtp_host, port=settings.smtp_port, security=settings.smtp_security,
-                   username=settings.smtp_username, password=settings.smtp_password)
+                   username=settings.smtp_username, password=settings.smtp_password,
+                   timeout_s=settings.smtp_timeout_s)
 
     def send(self, message: EmailMessage, *, name: str = "") -> None:
         connection = self._session()
