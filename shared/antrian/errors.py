@@ -60,6 +60,13 @@ class DependencyUnavailable(AntrianError):
     status = 503
 
 
+class BrokerBlocked(DependencyUnavailable):
+    """Raised when RabbitMQ blocks publishing (a memory or disk alarm) for longer than the blocked-connection
+    timeout: the message was not taken, and trying again once the alarm clears may succeed."""
+
+    retry_after_s = 5
+
+
 class Busy(AntrianError):
     """Raised when what a request needs stays held by others for longer than it waits (PostgreSQL's
     ``lock_timeout`` or ``statement_timeout``): nothing was changed, and trying again shortly may succeed."""

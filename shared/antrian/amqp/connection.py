@@ -6,14 +6,22 @@ import pika
 
 #: Seconds between AMQP heartbeats; an idle web process reconnects on its next send.
 HEARTBEAT_S = 30
+#: Seconds a publish through Dramatiq's broker waits while RabbitMQ blocks publishers (a memory or disk alarm)
+#: before it fails (:mod:`antrian.amqp.broker`): a web request that enqueues answers 503 well within 5 s instead
+#: of hanging, with its database transaction open, for as long as the alarm lasts.
+BLOCKED_TIMEOUT_S = 2.0
 
 
-def with_heartbeat(broker_url: str) -> str:
-    """Add our heartbeat to each URL (several, ``;``-separated, for a cluster) that sets none."""
+def with_timeouts(broker_url: str, *, blocked_s: float | None = BLOCKED_TIMEOUT_S) -> str:
+    """Add our heartbeat and (unless ``blocked_s`` is None) blocked-connection timeout to each URL (several,
+    ``;``-separated, for a cluster) that sets none: the URL form is how Dramatiq's broker takes pika's
+    connection parameters."""
+    wanted = [("heartbeat", HEARTBEAT_S)] + ([("blocked_connection_timeout", blocked_s)] if blocked_s else [])
     urls = []
     for url in broker_url.split(";"):
-        if "heartbeat=" not in url:
-            url += ("&" if "?" in url else "?") + f"heartbeat={HEARTBEAT_S}"
+        for name, value in wanted:
+            if f"{name}=" not in url:
+                url += ("&" if "?" in url else "?") + f"{name}={value}"
         urls.append(url)
     return ";".join(urls)
 

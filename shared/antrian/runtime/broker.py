@@ -8,7 +8,8 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
 
-from antrian.amqp.connection import with_heartbeat
+from antrian.amqp.broker import FailFastRabbitmqBroker
+from antrian.amqp.connection import with_timeouts
 from antrian.config import Settings
 from antrian.jobs.keep_failed import KeepFailedJobs
 from antrian.runtime import heartbeat
@@ -30,11 +31,19 @@ class Heartbeat(Middleware):
             self._beating.stopped.set()
 
 
-def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None = None) -> RabbitmqBroker:
+def make_broker(
+    settings: Settings, *, extra_middleware: list[Middleware] | None = None, fail_fast: bool = True
+) -> RabbitmqBroker:
     """Build the broker every antrian process uses and make it Dramatiq's global broker.
 
     Publisher confirms are on: ``send`` returns only once RabbitMQ has the message. A message that
     runs out of attempts is kept in ``failed_jobs`` (see :mod:`antrian.jobs.keep_failed`).
+
+    ``fail_fast`` (the web and the commands): a send that RabbitMQ blocks (a resource alarm) raises
+    :class:`antrian.errors.BrokerBlocked` after a few seconds (:mod:`antrian.amqp.broker`), so that a request
+    answers 503 instead of hanging. Workers pass False: their sends are Dramatiq's retries, and a retry that
+    failed would be lost (Dramatiq acks the original whatever its Retries middleware met), so a worker's
+    send waits the alarm out instead; its heartbeat still notices a dead connection.
     """
     middleware = [factory() for factory in default_middleware]
     # First, so that its after-hooks run last: after Retries has given up, after TimeLimit stopped its timer.
@@ -44,6 +53,13 @@ def make_broker(settings: Settings, *, extra_middleware: list[Middleware] | None
         beats = Heartbeat(Path(settings.antrian_heartbeat_dir), interval_s=settings.antrian_heartbeat_interval_s)
         middleware.append(beats)
     middleware.extend(extra_middleware or [])
-    broker = RabbitmqBroker(url=with_heartbeat(settings.broker_url), confirm_delivery=True, middleware=middleware)
+    if fail_fast:
+        broker: RabbitmqBroker = FailFastRabbitmqBroker(
+            url=with_timeouts(settings.broker_url), confirm_delivery=True, middleware=middleware
+        )
+    else:
+        broker = RabbitmqBroker(
+            url=with_timeouts(settings.broker_url, blocked_s=None), confirm_delivery=True, middleware=middleware
+        )
     dramatiq.set_broker(broker)
     return broker

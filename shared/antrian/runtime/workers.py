@@ -69,7 +69,7 @@ def boot(service: str, actors: str, *, middleware: Sequence[Middleware] = ()) ->
 
     settings = load_settings()
     configure_logging(service, settings.log_level)
-    broker = make_broker(settings, extra_middleware=[Prometheus(), *middleware])
+    broker = make_broker(settings, extra_middleware=[Prometheus(), *middleware], fail_fast=False)
     importlib.import_module(actors).configure(settings)  # the actors bind to the broker made just above
     return broker
 
