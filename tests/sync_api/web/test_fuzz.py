@@ -14,14 +14,15 @@ import requests
 from tests.support import API_TOKEN, BIN, ROOT
 
 CONFIG = ROOT / "tests" / "sync_api" / "web" / "schemathesis.toml"
-#: Examples per route and run: enough to reach every branch of the models in about a minute here.
-EXAMPLES = "40"
+#: Examples per route: enough to reach every branch of the models in under a minute here. Without the token
+#: every route but the public ones answers 401 before reading anything, so fewer show what there is to see.
+EXAMPLES = {True: "40", False: "10"}
 
 
-def schemathesis(web: str, *headers: str, seed: int) -> subprocess.CompletedProcess[str]:
+def schemathesis(web: str, *headers: str, seed: int, examples: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "st"), "--config-file", str(CONFIG), "run", f"{web}/api/openapi.json",
-         "--max-examples", EXAMPLES, "--seed", str(seed), "--generation-database", "none", "--workers", "1",
+         "--max-examples", examples, "--seed", str(seed), "--generation-database", "none", "--workers", "1",
          "--request-timeout", "30", "--wait-for-schema", "30", *headers],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
@@ -42,6 +43,6 @@ def web(clean, start_web) -> str:
 @pytest.mark.parametrize("with_token", [True, False], ids=["with-token", "without-token"])
 def test_no_input_gets_a_5xx_and_every_answer_conforms(web, with_token):
     headers = ["-H", f"Authorization: Bearer {API_TOKEN}"] if with_token else []
-    result = schemathesis(web, *headers, seed=20261202 + with_token)
+    result = schemathesis(web, *headers, seed=20261202 + with_token, examples=EXAMPLES[with_token])
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-3000:]
     assert "Tested: " in result.stdout and "failures" not in result.stdout.splitlines()[-1], result.stdout[-5000:]
