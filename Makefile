@@ -7,7 +7,7 @@ TEST_PROCESSES ?= 3
 SERVICES := -e shared -e services/sync-api -e services/mailer -e services/booking-expiry
 
 .DEFAULT_GOAL := help
-.PHONY: help install services run check test test-fast bench clean
+.PHONY: help install services run check test test-fast bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test: check services ## Install what the tests need and run them all: the checks
 bench: install services ## Run the benchmarks under bench/ and print their figures
 	@scripts/ensure-load-tools.sh
 	$(BIN)/python -m bench
+
+soak: install services ## make run's stack under mixed load for SOAK_MINUTES (30), then every invariant checked
+	$(BIN)/python -m bench.soak
 
 clean: ## Remove .venv and generated files
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .import_linter_cache

@@ -1,7 +1,8 @@
 """``make run``: migrate, add demo data, then run every antrian service here in the foreground.
 
 Like honcho or foreman: each child's output lines carry its name, Ctrl-C (or SIGTERM) stops them
-all, and when one child dies the others are stopped and this exits non-zero, naming it.
+all, and when one child dies the others are stopped and this exits non-zero, naming it (unless it is
+one of DEV_RESTART_ON_EXIT, below).
 
 Every variable of SPEC's configuration is passed through from the environment (which antrian.config
 reads, as every antrian process does). Besides those (antrian.config.DevSettings):
@@ -16,6 +17,11 @@ reads, as every antrian process does). Besides those (antrian.config.DevSettings
   MAIL_SINK_DIR (var/mail-sink)        shows what it got on its web page and keeps it as .eml files
   METRICS_PORT (default 9191)          sync-worker's metrics port; each further worker takes the
                                        next port (offset), as SPEC's defaults 9191/9192/9193 do
+  DEV_RESTART_ON_EXIT (default none)   children started again when they exit, comma-separated names
+                                       (e.g. ``sync-worker,mailer,booking-expiry``), as a container's
+                                       restart policy would: what is left of its process group is killed
+                                       first. One that exits within RESTART_MIN_UPTIME_S of its start
+                                       still stops everything (a crash loop). ``make soak`` uses it.
 PAYMENT_SIMULATOR defaults to ``true`` here, so a person can pay for a booking. When API_TOKEN or
 PAYMENT_SERVER_KEY is unset a development value is generated and printed.
 
@@ -36,8 +42,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from antrian.config import (
@@ -53,6 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # .venv/bin: `make run` runs .venv/bin/python
 STOP_TIMEOUT_S = 25  # what a child gets between SIGTERM and SIGKILL
 READY_TIMEOUT_S = 90
+#: A child of DEV_RESTART_ON_EXIT that exits sooner than this after its start is not started again.
+RESTART_MIN_UPTIME_S = 10.0
 
 
 def upstream_unset(environ: Mapping[str, str]) -> bool:
@@ -115,6 +123,7 @@ class Running:
     reader: threading.Thread
     ready_url: str | None
     metrics_port: int | None
+    started_at: float = field(default_factory=time.monotonic)
 
 
 class Signals:
@@ -174,15 +183,27 @@ def answers(url: str) -> bool:
         return False
 
 
-def watch(running: list[Running], on_ready: Callable[[], None]) -> str | None:
-    """Until a stop is asked: call ``on_ready`` once every child answers; return why one died or never got ready."""
+def watch(running: list[Running], on_ready: Callable[[], None],
+          restart: Callable[[Running], Running] | None = None, restartable: Collection[str] = ()) -> str | None:
+    """Until a stop is asked: call ``on_ready`` once every child answers; return why one died or never got ready.
+
+    A child named in ``restartable`` that exits after RESTART_MIN_UPTIME_S is replaced in ``running`` by
+    ``restart(it)`` instead.
+    """
     pending = [item for item in running if item.ready_url]
     deadline = time.monotonic() + READY_TIMEOUT_S
     announced = False
     while not Signals.stop:
-        for item in running:
+        for index, item in enumerate(running):
             if item.process.poll() is not None:
-                return f"{item.child.name} exited unexpectedly with code {item.process.returncode}"
+                problem = f"{item.child.name} exited unexpectedly with code {item.process.returncode}"
+                if restart is None or item.child.name not in restartable:
+                    return problem
+                uptime = time.monotonic() - item.started_at
+                if uptime < RESTART_MIN_UPTIME_S:
+                    return (f"{problem} {uptime:.1f}s after it started: not started again "
+                            f"(DEV_RESTART_ON_EXIT, only after {RESTART_MIN_UPTIME_S:g}s)")
+                running[index] = restart(item)
         if not announced:
             pending = [item for item in pending if not answers(item.ready_url)]
             if not pending:
@@ -222,6 +243,24 @@ def stop_all(running: list[Running]) -> None:
     for item in running:
         item.process.wait()
         item.reader.join(timeout=2)
+
+
+def restart(item: Running, env: dict[str, str], ports: dict[str, int], sink_dir: str) -> Running:
+    """Start ``item``'s child again, once what is left of its process group (a worker process whose main
+    process was killed) is killed and gone: a container's restart policy, which frees its ports first."""
+    say(f"{item.child.name} (pid {item.process.pid}) exited with code {item.process.returncode}: "
+        f"starting it again (DEV_RESTART_ON_EXIT)")
+    signal_group(item, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while signal_group(item, 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    item.reader.join(timeout=2)
+    try:
+        again = start(item.child, env, ports, sink_dir)
+    except OSError as exc:
+        raise OSError(f"cannot start {item.child.name} again: {exc}") from exc
+    say(f"started {item.child.name} again (pid {again.process.pid})")
+    return again
 
 
 def generate_if_unset(env: dict[str, str], variable: str) -> bool:
@@ -314,6 +353,11 @@ def main() -> int:
     except ConfigError as exc:
         say(str(exc))
         return 2
+    unknown = sorted(set(dev.dev_restart_on_exit) - {child.name for child in CHILDREN})
+    if unknown:
+        say(f"DEV_RESTART_ON_EXIT names no child: {', '.join(unknown)} "
+            f"(children: {', '.join(child.name for child in CHILDREN)})")
+        return 2
     ports = {"port": settings.port, "dev_port": dev.dev_school_api_port, "sink_port": dev.mail_sink_port,
              "gateway_port": dev.dev_payment_gateway_port,
              "sink_smtp_port": dev.mail_sink_smtp_port,
@@ -343,9 +387,11 @@ def main() -> int:
         for child in children:
             running.append(start(child, env, ports, dev.mail_sink_dir))
         say(f"started {', '.join(f'{item.child.name} (pid {item.process.pid})' for item in running)}")
-        problem = watch(running, lambda: where_to_look(running, env, ports, generated, tour_id, dev.mail_sink_dir))
+        problem = watch(running, lambda: where_to_look(running, env, ports, generated, tour_id, dev.mail_sink_dir),
+                        restart=lambda item: restart(item, env, ports, dev.mail_sink_dir),
+                        restartable=dev.dev_restart_on_exit)
     except OSError as exc:  # a program missing from .venv/bin: run `make install`
-        problem = f"cannot start {children[len(running)].name}: {exc}"
+        problem = f"cannot start {children[len(running)].name}: {exc}" if len(running) < len(children) else str(exc)
     finally:
         say(f"{problem}; stopping the others" if problem else "stopping every service")
         stop_all(running)

@@ -164,6 +164,11 @@ def _bool(value: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _names(value: str) -> tuple[str, ...]:
+    """A comma-separated list of names, blanks and empty items left out."""
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 def _one_of(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         lowered = value.strip().lower()
@@ -283,6 +288,9 @@ class DevSettings:
     mail_sink_port: int = 8025
     #: ``MAIL_SINK_DIR``: where the mail sink keeps what it got, as .eml files.
     mail_sink_dir: str = "var/mail-sink"
+    #: ``DEV_RESTART_ON_EXIT``: names of children (comma-separated, e.g. ``sync-worker,mailer``) that are started
+    #: again when they exit, instead of everything being stopped; ``make soak`` kills one now and then.
+    dev_restart_on_exit: tuple[str, ...] = ()
 
 
 _DEV_PARSERS: dict[str, Any] = {
@@ -292,6 +300,7 @@ _DEV_PARSERS: dict[str, Any] = {
     "mail_sink_smtp_port": _port,
     "mail_sink_port": _port,
     "mail_sink_dir": str.strip,
+    "dev_restart_on_exit": _names,
 }
 
 
