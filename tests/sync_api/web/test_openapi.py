@@ -56,6 +56,13 @@ def test_the_document_states_the_bounds_the_checks_apply(client):
     assert schemas["FailedJobsQuery"]["properties"]["limit"]["maximum"] == 1000
 
 
+def test_an_integrator_learns_of_the_idempotency_key_from_the_document(client):
+    operation = client.get("/api/openapi.json").get_json()["paths"]["/api/bookings"]["post"]
+    (header,) = [p for p in operation["parameters"] if p["in"] == "header"]
+    assert header["name"] == "Idempotency-Key" and header["required"] is False
+    assert header["schema"]["maxLength"] == 200 and "422" in operation["responses"]
+
+
 def test_ids_in_paths_are_64_bit_and_positive(client):
     document = client.get("/api/openapi.json").get_json()
     parameter = document["paths"]["/api/bookings/{booking_id}"]["get"]["parameters"][0]

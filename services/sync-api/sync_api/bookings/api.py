@@ -8,7 +8,7 @@ from sqlalchemy import Connection
 from sync_api.bookings import booking as bookings
 from sync_api.bookings import idempotency
 from sync_api.bookings.metrics import BOOKINGS_CREATED
-from sync_api.bookings.schemas import Booking, BookingCreated, NewBooking, NewTour, Tour
+from sync_api.bookings.schemas import Booking, BookingCreated, BookingHeaders, NewBooking, NewTour, Tour
 from sync_api.web import auth
 from sync_api.web.extensions import get_engine
 from sync_api.web.openapi import documented
@@ -33,7 +33,8 @@ def create_tour(json: NewTour):
 
 
 @bp.post("/bookings")
-@documented(tags=("bookings",), body=NewBooking, ok={"HTTP_201": BookingCreated}, errors=(400, 404, 409, 422))
+@documented(tags=("bookings",), body=NewBooking, headers=BookingHeaders, ok={"HTTP_201": BookingCreated},
+            errors=(400, 404, 409, 422))
 def create_booking(json: NewBooking):
     """Book seats (taken at once; the invoice email is queued); with an ``Idempotency-Key`` header, once per key.
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from sync_api.bookings.idempotency import KEY_CHARACTERS, MAX_KEY_LENGTH
 from sync_api.web.validation import Amount, AwareDateTime, EmailAddress, Id, Text, WholeNumber
 
 #: Bounds that keep every value inside its column and out of absurdity: a booking's total (price x seats)
@@ -38,6 +39,21 @@ class NewBooking(BaseModel):
     quantity: Annotated[int, WholeNumber(1, MAX_SEATS_PER_BOOKING)]
     customer_name: Annotated[str, Text(200)]
     customer_email: EmailAddress
+
+
+class BookingHeaders(BaseModel):
+    """``Idempotency-Key`` (optional): the same key and body book once; checked by
+    :func:`sync_api.bookings.idempotency.parse_key`, which says what is wrong with one."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    idempotency_key: Annotated[str | None, WithJsonSchema({
+        "type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": f"^{KEY_CHARACTERS.pattern}$",
+    })] = Field(
+        None, alias="Idempotency-Key",
+        description="book once per key: a repeat answers the first booking with `Idempotent-Replayed: true`; "
+                    "the same key with another body is a 422; keys are kept 24 hours",
+    )
 
 
 class BookingCreated(BaseModel):

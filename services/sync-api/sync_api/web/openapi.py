@@ -125,14 +125,16 @@ def documented(
     body: type | None = None,
     body_optional: bool = False,
     query: type | None = None,
+    headers: type | None = None,
     security: Security = TOKEN,
     checks_itself: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Validate a route's ``body`` and ``query`` with these models and document it with its answers.
 
     ``ok`` maps ``HTTP_2xx`` to a model; ``errors`` lists the other statuses it may answer with an
-    :class:`ErrorBody`. A body is first read as a JSON object (malformed JSON, or another JSON type, is a
-    400 that says so); an empty one is ``{}`` when ``body_optional``. ``checks_itself``: the models only
+    :class:`ErrorBody`; ``headers`` documents request headers (the route checks them). A body is first read
+    as a JSON object (malformed JSON, or another JSON type, is a 400 that says so); an empty one is ``{}``
+    when ``body_optional``. ``checks_itself``: the models only
     document the route, which reads and checks its input itself (the payment notification, whose signature
     covers the raw strings; the simulator, which is a 404 before anything when it is off).
     """
@@ -141,7 +143,7 @@ def documented(
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         validated = spec.validate(
-            json=body, query=query, resp=Response(**answers), tags=list(tags), security=security,
+            json=body, query=query, headers=headers, resp=Response(**answers), tags=list(tags), security=security,
             skip_validation=checks_itself,
         )(view)
         if body is None or checks_itself:

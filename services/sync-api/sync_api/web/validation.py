@@ -181,7 +181,8 @@ AwareDateTime = Annotated[datetime, Moment()]
 
 def clear_message(error: ValidationError) -> str:
     """The first problem of a request's body or query, as ``<field> <what is wrong>``."""
-    problem = error.errors(include_url=False, include_input=False)[0]
+    problems = error.errors(include_url=False, include_input=False)
+    problem = problems[0]
     field = ".".join(str(part) for part in problem["loc"]) or "the body"
     kind = problem["type"]
     if kind == "antrian":
@@ -189,7 +190,8 @@ def clear_message(error: ValidationError) -> str:
     if kind == "missing":
         return f"{field} is required"
     if kind == "extra_forbidden":
-        return f"unknown field: {field}"
+        unknown = sorted(".".join(map(str, p["loc"])) for p in problems if p["type"] == "extra_forbidden")
+        return f"unknown field(s): {', '.join(unknown)}"
     if kind == "literal_error":
         expected = problem.get("ctx", {}).get("expected", "")
         return f"{field} must be one of {expected.replace(' or ', ', ').replace(chr(39), '')}"
