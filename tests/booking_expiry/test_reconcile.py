@@ -6,6 +6,7 @@ The gateway is the development one of the test process (tests.support.payment_ga
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -192,3 +193,30 @@ def test_an_answer_that_cannot_be_applied_is_left_for_later_and_the_run_goes_on(
     # Then the broken one is left for the next run, and the other is paid
     assert (done.asked, done.deferred, done.outcomes["paid"]) == (2, 1, 1)
     assert booking(clean, broken)["status"] == "pending" and booking(clean, fine)["status"] == "paid"
+
+
+def test_a_run_out_of_time_stops_taking_batches_having_asked_the_pending_and_the_newest_expired_first(clean, tours):
+    # Given two pending bookings and 30 expired ones (each a millisecond newer than the last), all paid at the gateway
+    [tour] = tours.add(1, quota=100)
+    pending = [f"{add_bookings(clean, [tour], 1)}-0000000" for _ in range(2)]
+    prefix = add_bookings(clean, [tour], 30, status="expired", age_minutes=5)
+    expired_newest_first = [f"{prefix}-{n:07d}" for n in reversed(range(30))]
+    for code in pending + expired_newest_first:
+        settled_at_gateway(clean, code)
+    # When a run in batches of 10 spends its budget during its second batch
+    status_api = StatusApi(base_url=payment_gateway().url, server_key=PAYMENT_SERVER_KEY)
+    asked, ask = [], status_api.status
+
+    def slow_status(code):
+        asked.append(code)
+        if len(asked) == 12:
+            time.sleep(0.6)
+        return ask(code)
+
+    status_api.status = slow_status
+    done = reconcile(clean, status_api, batch_size=10, concurrency=1, budget_s=0.5)
+    # Then it asked the pending ones, then the newest expired, and left the 20 oldest for the next run
+    assert sorted(asked[:2]) == sorted(pending) and asked[2:12] == expired_newest_first[:10]
+    assert (done.asked, done.not_reached) == (12, 20)
+    newest, oldest = booking(clean, expired_newest_first[0]), booking(clean, expired_newest_first[-1])
+    assert newest["outcomes"] and not oldest["outcomes"]

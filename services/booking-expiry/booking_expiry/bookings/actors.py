@@ -20,7 +20,7 @@ from antrian.messages import BOOKING_EXPIRY_QUEUE, EXPIRE_UNPAID_BOOKINGS, RECON
 from antrian.runtime.per_process import PerProcess
 from booking_expiry.bookings import sweep
 from booking_expiry.bookings.metrics import RECONCILE_FAILURES, RECONCILE_LAST_SUCCESS, RECONCILED
-from booking_expiry.bookings.retries import RECONCILE, SWEEP
+from booking_expiry.bookings.retries import RECONCILE, RECONCILE_BUDGET_S, SWEEP
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +56,12 @@ def reconcile_payments() -> None:
         return
     status_api = StatusApi(base_url=current.payment_status_api_url(), server_key=current.payment_server_key)
     try:
-        done = reconcile.reconcile(process.get().engine, status_api)
+        done = reconcile.reconcile(process.get().engine, status_api, budget_s=RECONCILE_BUDGET_S)
     except Exception:
         RECONCILE_FAILURES.inc()
         raise
     for outcome, count in done.outcomes.items():
         RECONCILED.labels(outcome).inc(count)
     RECONCILED.labels("unknown").inc(done.unknown)
-    RECONCILED.labels("deferred").inc(done.deferred)
+    RECONCILED.labels("deferred").inc(done.deferred + done.not_reached)
     RECONCILE_LAST_SUCCESS.set(time.time())
