@@ -225,7 +225,7 @@ def test_schedule_list_shows_the_sweep_due_now_then_when_it_is_next_due_after_a_
 
     # Then the sweep is there with its period, queue and actor, never enqueued and due now
     assert fresh.returncode == 0, fresh.stderr
-    first, description, reconcile, reconcile_description = fresh.stdout.splitlines()
+    first, description, reconcile, reconcile_description, prune, prune_description = fresh.stdout.splitlines()
     assert re.fullmatch(
         r"every 1h\s+expire-unpaid-bookings\s+booking-expiry: expire_unpaid_bookings\(\)"
         r"\s+last enqueued never\s+next due now", first
@@ -237,10 +237,16 @@ def test_schedule_list_shows_the_sweep_due_now_then_when_it_is_next_due_after_a_
         r"\s+last enqueued never\s+next due now", reconcile
     ), reconcile
     assert "PAYMENT_RECONCILE_SECONDS" in reconcile_description
+    # (and the hourly prune of failed jobs past their retention)
+    assert re.fullmatch(
+        r"every 1h\s+prune-failed-jobs\s+booking-expiry: prune_failed_jobs\(\)"
+        r"\s+last enqueued never\s+next due now", prune
+    ), prune
+    assert "older than 7 days" in prune_description and "FAILED_JOBS_RETENTION_DAYS" in prune_description
 
     # When it has been enqueued, and the user lists the schedule again
     ran = antrian("schedule", "run", **HOURLY).stdout
-    assert ran == "enqueued expire-unpaid-bookings\nenqueued reconcile-payments\n"
+    assert ran == "enqueued expire-unpaid-bookings\nenqueued reconcile-payments\nenqueued prune-failed-jobs\n"
     after = antrian("schedule", "list", **HOURLY)
 
     # Then it was last enqueued just now and is next due when the next hour begins (or a few seconds before:
@@ -267,13 +273,14 @@ def test_schedule_run_enqueues_the_sweep_once_and_then_nothing_is_due(clean):
 
     # Then the first enqueues the sweep and the reconciliation and says so once each, the second finds nothing due
     assert (first.returncode, first.stdout, first.stderr) == (
-        0, "enqueued expire-unpaid-bookings\nenqueued reconcile-payments\n", "")
+        0, "enqueued expire-unpaid-bookings\nenqueued reconcile-payments\nenqueued prune-failed-jobs\n", "")
     assert (second.returncode, second.stdout, second.stderr) == (0, "nothing is due\n", "")
 
     # And exactly one message of each is on queue booking-expiry
     messages = sweep_messages()
     assert sorted((message["queue_name"], message["actor_name"], message["args"]) for message in messages) == [
-        ("booking-expiry", "expire_unpaid_bookings", []), ("booking-expiry", "reconcile_payments", [])
+        ("booking-expiry", "expire_unpaid_bookings", []), ("booking-expiry", "prune_failed_jobs", []),
+        ("booking-expiry", "reconcile_payments", []),
     ]
 
 

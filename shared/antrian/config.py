@@ -77,6 +77,8 @@ class Settings:
     #: How often the scheduled task ``reconcile-payments`` asks the gateway about bookings whose payment may
     #: have been missed.
     payment_reconcile_seconds: int = 300
+    #: Failed jobs that failed longer ago than this many days are pruned by the scheduled task ``prune-failed-jobs``.
+    failed_jobs_retention_days: int = 7
     metrics_port: int | None = None
     port: int = 8000
     host: str = "0.0.0.0"
@@ -226,6 +228,7 @@ _PARSERS: dict[str, Any] = {
     "payment_simulator": _bool,
     "payment_api_base_url": _http_url,
     "payment_reconcile_seconds": _positive_int,
+    "failed_jobs_retention_days": _positive_int,
     "metrics_port": _port,
     "port": _port,
     "host": str.strip,

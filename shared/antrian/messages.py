@@ -58,6 +58,8 @@ SEND_INVOICE_EMAIL = Contract(EMAILS_QUEUE, "send_invoice_email")
 SEND_ETICKET_EMAIL = Contract(EMAILS_QUEUE, "send_eticket_email")
 #: ``send_cancellation_email(booking_id)``: the refunded booking's "booking cancelled", its ticket void.
 SEND_CANCELLATION_EMAIL = Contract(EMAILS_QUEUE, "send_cancellation_email")
+#: ``resend_booking_email(resend_id)``: one ``email_resends`` row's email, sent once more on purpose, once.
+RESEND_BOOKING_EMAIL = Contract(EMAILS_QUEUE, "resend_booking_email")
 
 BOOKING_EXPIRY_QUEUE = "booking-expiry"
 
@@ -65,3 +67,5 @@ BOOKING_EXPIRY_QUEUE = "booking-expiry"
 EXPIRE_UNPAID_BOOKINGS = Contract(BOOKING_EXPIRY_QUEUE, "expire_unpaid_bookings")
 #: ``reconcile_payments()``: ask the gateway about every booking whose payment may have been missed.
 RECONCILE_PAYMENTS = Contract(BOOKING_EXPIRY_QUEUE, "reconcile_payments")
+#: ``prune_failed_jobs()``: delete failed jobs older than ``FAILED_JOBS_RETENTION_DAYS``.
+PRUNE_FAILED_JOBS = Contract(BOOKING_EXPIRY_QUEUE, "prune_failed_jobs")

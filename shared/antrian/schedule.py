@@ -25,9 +25,13 @@ from sqlalchemy.dialects.postgresql import insert
 from antrian.config import Settings
 from antrian.db.models import ScheduledTaskRun
 from antrian.errors import DependencyUnavailable
-from antrian.messages import EXPIRE_UNPAID_BOOKINGS, RECONCILE_PAYMENTS, Contract
+from antrian.messages import EXPIRE_UNPAID_BOOKINGS, PRUNE_FAILED_JOBS, RECONCILE_PAYMENTS, Contract
 
 logger = logging.getLogger(__name__)
+
+
+#: How often failed jobs past their retention are pruned: hourly, so none outlives it by more than an hour.
+PRUNE_EVERY_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ def tasks(settings: Settings) -> list[ScheduledTask]:
             contract=RECONCILE_PAYMENTS,
             every_seconds=settings.payment_reconcile_seconds,
             description="ask the gateway about bookings whose payment may have been missed (PAYMENT_RECONCILE_SECONDS)",
+        ),
+        ScheduledTask(
+            name="prune-failed-jobs",
+            contract=PRUNE_FAILED_JOBS,
+            every_seconds=PRUNE_EVERY_SECONDS,
+            description=f"delete failed jobs older than {settings.failed_jobs_retention_days} days "
+                        "(FAILED_JOBS_RETENTION_DAYS)",
         ),
     ]
 

@@ -39,6 +39,8 @@ TESTED_FIRING = {
     "AntrianFailedJobsStored", "AntrianExpirySweepStale", "AntrianHttp5xxRatioHigh", "AntrianQueueNoConsumers",
     "AntrianQueueBacklogGrowing", "AntrianEmailFailureRatioHigh", "AntrianSyncFailureRatioHigh",
     "AntrianRefundDueWaiting", "AntrianOutboxStuck", "AntrianPaymentReconciliationStale",
+    "AntrianQueueWaitHigh",
+    "AntrianSyncRunStalled",
 }
 #: Grafana's variables, as a query would see them (the range ones as a typical value).
 GRAFANA_VARIABLES = {

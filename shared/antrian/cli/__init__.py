@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from antrian.cli import demo
 from antrian.cli.jobs import jobs, queues
+from antrian.cli.runs import sync_cancel, sync_list, sync_resume
 from antrian.config import Settings
 from antrian.db import engine as db
 from antrian.db import migrate as schema
@@ -74,6 +75,11 @@ def seed_demo(students: int, tours: int, if_empty: bool) -> None:
 @main.group()
 def sync() -> None:
     """Student payment sync runs."""
+
+
+sync.add_command(sync_list)
+sync.add_command(sync_cancel)
+sync.add_command(sync_resume)
 
 
 @sync.command("start")

@@ -30,18 +30,21 @@ def _queue_option(help_text: str) -> Callable[[F], F]:
 
 @click.group()
 def jobs() -> None:
-    """Failed jobs: list them, retry them, flush them."""
+    """Failed jobs: list them, retry them, forget one, flush them."""
 
 
 @jobs.command("failed")
 @_queue_option("Only this queue's failed jobs.")
+@click.option("--search", "search", metavar="TEXT",
+              help="Only jobs whose arguments or exception contain TEXT (a booking id, an error).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per failed job, traceback included.")
-def failed(queue: str | None, limit: int, as_json: bool) -> None:
+def failed(queue: str | None, search: str | None, limit: int, as_json: bool) -> None:
     """List failed jobs, newest first: what failed and why."""
     settings = settings_or_exit("antrian jobs failed", broker=False)
     engine = db.engine_for(settings)
-    items, total = guarded("antrian jobs failed", lambda: failed_jobs.list_failed(engine, queue=queue, limit=limit))
+    items, total = guarded("antrian jobs failed",
+                           lambda: failed_jobs.list_failed(engine, queue=queue, search=search, limit=limit))
     if as_json:
         for item in items:
             click.echo(json.dumps(item))
@@ -100,6 +103,18 @@ def retry(job_ids: tuple[int, ...], retry_all: bool, queue: str | None, batch_si
         broker.close()
 
 
+@jobs.command("forget")
+@click.argument("job_ids", nargs=-1, required=True, type=click.IntRange(min=1))
+def forget(job_ids: tuple[int, ...]) -> None:
+    """Delete failed jobs for good, one by one (by ID)."""
+    program = "antrian jobs forget"
+    settings = settings_or_exit(program, broker=False)
+    engine = db.engine_for(settings)
+    for job_id in job_ids:
+        _or_exit(program, partial(failed_jobs.remove, engine, job_id, source="cli"))
+        click.echo(f"forgot failed job {job_id}")
+
+
 @jobs.command("flush")
 @_queue_option("Only this queue's failed jobs.")
 @click.option("--older-than", "older_than", metavar="AGE", help="Only jobs failed longer ago than AGE (7d, 12h, 30m).")
@@ -119,7 +134,11 @@ def flush(queue: str | None, older_than: str | None) -> None:
 @click.command()
 @click.option("--watch", type=click.FloatRange(min=0.5), metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C.")
 def queues(watch: float | None) -> None:
-    """Each queue's ready, unacknowledged, delayed and failed messages, its consumers and rates."""
+    """Each queue's ready, unacknowledged, delayed and failed messages, its consumers, rates and waits.
+
+    WAIT-P50 and WAIT-P95: the median and 95th percentile of how long the messages that started in the last
+    5 minutes waited for a worker (``-`` when none did).
+    """
     from antrian.jobs import queue_stats
     settings = settings_or_exit("antrian queues", broker=False)
     engine = db.engine_for(settings)
@@ -127,8 +146,10 @@ def queues(watch: float | None) -> None:
     def table() -> None:
         stats = guarded("antrian queues", lambda: queue_stats.collect(settings, engine))
         rows = [(s.name, _n(s.ready), _n(s.unacknowledged), _n(s.delayed), str(s.dead_lettered), _n(s.consumers),
-                 _n(s.publish_rate), _n(s.ack_rate)) for s in stats]
-        _table(("QUEUE", "READY", "UNACKED", "DELAYED", "FAILED", "CONSUMERS", "IN/S", "OUT/S"), rows)
+                 _n(s.publish_rate), _n(s.ack_rate), _wait(s.wait_p50_seconds), _wait(s.wait_p95_seconds))
+                for s in stats]
+        _table(("QUEUE", "READY", "UNACKED", "DELAYED", "FAILED", "CONSUMERS", "IN/S", "OUT/S", "WAIT-P50",
+                "WAIT-P95"), rows)
         if stats and stats[0].source == "amqp":
             click.echo("(RabbitMQ's management API is unreachable: no unacknowledged counts, delays or rates)")
 
@@ -168,6 +189,15 @@ def _clip(text: str) -> str:
 
 def _n(value: int | float | None) -> str:
     return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _wait(seconds: float | None) -> str:
+    """A wait as ``850ms``, ``12.5s`` or ``3.2m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

@@ -54,6 +54,8 @@ class SyncRun(Base):
     __table_args__ = (
         # At most one running run, whatever the number of web processes asking at once.
         Index("sync_runs_one_running", text("(true)"), unique=True, postgresql_where=text("status = 'running'")),
+        # ``cancelled``: ended by an operator before every student had an outcome (migration 0009).
+        CheckConstraint("status IN ('running', 'finished', 'cancelled')", name="sync_runs_status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -196,6 +198,33 @@ class EmailDelivery(Base):
     sent_at: Mapped[datetime | None]
 
 
+class EmailResend(Base):
+    """One email sent once more on purpose by an operator: exactly once per row, whatever redeliveries.
+
+    Normal deliveries (:class:`EmailDelivery`, one per booking and kind) are untouched by it; each row is
+    also the audit record of the resend (who asked: ``source``; when: ``requested_at``).
+    """
+
+    __tablename__ = "email_resends"
+    __table_args__ = (
+        CheckConstraint("kind IN ('invoice', 'eticket', 'cancellation')", name="email_resends_kind"),
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="email_resends_status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    kind: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    #: The resend's own ``Message-ID`` (set by the mailer's first attempt): mail systems must not drop it as a copy.
+    message_id: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: ``api``, ``admin`` or ``cli``.
+    source: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    sent_at: Mapped[datetime | None]
+
+
 class ScheduledTaskRun(Base):
     """When each scheduled task was last enqueued: the claim that keeps two schedulers from both enqueueing it."""
 
@@ -229,16 +258,19 @@ class FailedJob(Base):
 
 
 class FailedJobAction(Base):
-    """What an operator did to failed jobs (retry, flush), how many, from where: the audit trail metrics count."""
+    """What an operator did to failed jobs (retry, flush, forget one), or the schedule (prune), how many, from where:
+    the audit trail metrics count."""
 
     __tablename__ = "failed_job_actions"
-    __table_args__ = (CheckConstraint("action IN ('retry', 'flush')", name="failed_job_actions_action"),)
+    __table_args__ = (
+        CheckConstraint("action IN ('retry', 'flush', 'forget', 'prune')", name="failed_job_actions_action"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     action: Mapped[str] = mapped_column(Text)
     queue_name: Mapped[str] = mapped_column(Text)
     jobs: Mapped[int] = mapped_column(Integer)
-    #: ``api``, ``admin`` or ``cli``.
+    #: ``api``, ``admin``, ``cli`` or ``schedule``.
     source: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(server_default=func.now())
 
@@ -270,3 +302,21 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(SmallInteger)
     response_body: Mapped[Any | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class MessageWaitCount(Base):
+    """How long messages waited before a worker took them (``antrian_message_wait_seconds``'s buckets, kept where
+    every process can read them): per queue and per minute, how many fell in each bucket (not cumulative).
+
+    Each worker process adds its counts every few seconds (:mod:`antrian.runtime.wait_time`), so a row is one
+    upsert per bucket touched, never one per message; rows older than a day are pruned by the workers.
+    """
+
+    __tablename__ = "message_wait_counts"
+
+    #: The minute (UTC) in which the messages started processing.
+    minute: Mapped[datetime] = mapped_column(primary_key=True)
+    queue_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: The bucket's upper bound in seconds (``inf`` for the last), as Prometheus' ``le``.
+    le: Mapped[float] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

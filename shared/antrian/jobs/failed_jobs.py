@@ -20,7 +20,7 @@ import dramatiq
 import dramatiq.errors
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from pika.exceptions import AMQPError
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, Engine, Text, cast, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 
 from antrian.amqp.publisher import ConfirmedPublisher
@@ -103,10 +103,21 @@ def forget(connection: Connection, message_id: str) -> int:
     return connection.execute(delete(FailedJob).where(FailedJob.message_id == message_id)).rowcount
 
 
-def list_failed(engine: Engine, *, queue: str | None = None, limit: int = 100, offset: int = 0
-                ) -> tuple[list[dict[str, Any]], int]:
-    """The failed jobs, newest first, and how many there are (of ``queue`` when given)."""
-    where = [] if queue is None else [FailedJob.queue_name == queue]
+def list_failed(engine: Engine, *, queue: str | None = None, search: str | None = None, limit: int = 100,
+                offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The failed jobs, newest first, and how many there are (of ``queue`` when given).
+
+    ``search`` keeps those whose arguments (as JSON text) or exception contain it, ignoring case
+    (``%`` and ``_`` in it are plain characters).
+    """
+    where: list[Any] = [] if queue is None else [FailedJob.queue_name == queue]
+    if search:
+        pattern = f"%{like_escape(_text(search))}%"
+        where.append(or_(
+            cast(FailedJob.args, Text).ilike(pattern, escape="\\"),
+            cast(FailedJob.kwargs, Text).ilike(pattern, escape="\\"),
+            FailedJob.exception.ilike(pattern, escape="\\"),
+        ))
     with engine.connect() as connection:
         total = connection.execute(select(func.count()).select_from(FailedJob).where(*where)).scalar_one()
         rows = connection.execute(
@@ -200,6 +211,32 @@ def flush(engine: Engine, *, queue: str | None = None, older_than: timedelta | N
         queues = connection.execute(statement).scalars().all()
         _record(connection, "flush", Counter(queues), source)
     return len(queues)
+
+
+def remove(engine: Engine, job_id: int, *, source: str) -> None:
+    """Delete one failed job for good (``forget``); raises :class:`FailedJobNotFound`."""
+    with engine.begin() as connection:
+        queue = connection.execute(
+            delete(FailedJob).where(FailedJob.id == job_id).returning(FailedJob.queue_name)
+        ).scalar_one_or_none()
+        if queue is None:
+            raise FailedJobNotFound(job_id)
+        _record(connection, "forget", Counter([queue]), source)
+
+
+def prune(engine: Engine, *, retention: timedelta) -> int:
+    """Delete the failed jobs that failed longer than ``retention`` ago (the schedule's ``prune``); return how many."""
+    with engine.begin() as connection:
+        queues = connection.execute(
+            delete(FailedJob).where(FailedJob.failed_at < func.now() - retention).returning(FailedJob.queue_name)
+        ).scalars().all()
+        _record(connection, "prune", Counter(queues), "schedule")
+    return len(queues)
+
+
+def like_escape(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern whose escape character is a backslash."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def action_totals(connection: Connection) -> list[tuple[str, str, int]]:

@@ -8,7 +8,7 @@ numbers it cannot know are ``None`` and ``source`` says ``amqp``.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from antrian.amqp.connection import connection_parameters, redact
 from antrian.config import Settings
 from antrian.errors import DependencyUnavailable
-from antrian.jobs import failed_jobs
+from antrian.jobs import failed_jobs, waits
 from antrian.messages import BOOKING_EXPIRY_QUEUE, EMAILS_QUEUE, SYNC_QUEUE
 
 #: Every queue of SPEC, always listed (even before a worker declared it).
@@ -50,6 +50,12 @@ class QueueStats:
     ack_rate: float | None
     #: ``management`` or ``amqp`` (no rates, no unacknowledged count).
     source: str
+    #: Estimated median and 95th percentile of the waits (seconds from enqueue, or a delayed message's due time,
+    #: to the start of processing) of the messages that started in the last ``waits.WINDOW_MINUTES`` minutes,
+    #: and how many did; ``None`` when none did (:mod:`antrian.jobs.waits`).
+    wait_p50_seconds: float | None = None
+    wait_p95_seconds: float | None = None
+    wait_messages: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,13 +77,23 @@ def collect(settings: Settings, engine: Engine) -> list[QueueStats]:
         stored: Counter[str] = Counter()
         for queue, _actor, count in failed_jobs.counts(connection):
             stored[queue] += count
+        waited = waits.summaries(connection)
     names = sorted(set(SPEC_QUEUES) | set(stored))
     try:
         raw = _from_management(settings)
     except requests.RequestException:
-        return [_from_amqp(settings.broker_url, names, stored)[name] for name in names]
+        by_amqp = _from_amqp(settings.broker_url, names, stored)
+        return [_with_waits(by_amqp[name], waited) for name in names]
     names = sorted(set(names) | {n for n in raw if not n.endswith((".DQ", ".XQ"))})
-    return [_fold(name, raw, stored[name]) for name in names]
+    return [_with_waits(_fold(name, raw, stored[name]), waited) for name in names]
+
+
+def _with_waits(stats: QueueStats, waited: dict[str, waits.WaitSummary]) -> QueueStats:
+    summary = waited.get(stats.name)
+    if summary is None:
+        return stats
+    return replace(stats, wait_p50_seconds=summary.p50_seconds, wait_p95_seconds=summary.p95_seconds,
+                   wait_messages=summary.messages)
 
 
 def _from_management(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,7 @@ from antrian.metrics import prepare_multiprocess_dir
 from antrian.runtime import heartbeat
 from antrian.runtime.broker import make_broker
 from antrian.runtime.startup import settings_or_exit
+from antrian.runtime.wait_time import MeasureWait
 
 #: Dramatiq's default number of worker threads per process.
 DRAMATIQ_DEFAULT_THREADS = 8
@@ -57,7 +58,7 @@ def exec_worker(
 
 
 def boot(service: str, actors: str, *, middleware: Sequence[Middleware] = ()) -> RabbitmqBroker:
-    """Set up one worker process: settings, JSON logs, the broker (with Prometheus), then the actors.
+    """Set up one worker process: settings, JSON logs, the broker (with Prometheus and the wait time), then the actors.
 
     Parameters:
       service(str): the deployable's name, in every log line.
@@ -69,7 +70,8 @@ def boot(service: str, actors: str, *, middleware: Sequence[Middleware] = ()) ->
 
     settings = load_settings()
     configure_logging(service, settings.log_level)
-    broker = make_broker(settings, extra_middleware=[Prometheus(), *middleware], fail_fast=False)
+    waits = MeasureWait(settings)  # every message's wait, for the histogram and /api/queues
+    broker = make_broker(settings, extra_middleware=[Prometheus(), waits, *middleware], fail_fast=False)
     importlib.import_module(actors).configure(settings)  # the actors bind to the broker made just above
     return broker
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import dramatiq
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from antrian.errors import NotFound, RunAlreadyRunning
+from antrian.errors import Conflict, NotFound, RunAlreadyRunning
 from antrian.messages import FAN_OUT_SYNC_RUN
+
+logger = logging.getLogger(__name__)
 
 
 class SyncRunNotFound(NotFound):
@@ -18,6 +21,17 @@ class SyncRunNotFound(NotFound):
 
     def __init__(self, run_id: int) -> None:
         super().__init__(f"sync run {run_id} not found")
+
+
+class SyncRunNotRunning(Conflict):
+    """Raised when a run that is no longer running (finished or cancelled) is asked to cancel or resume."""
+
+    def __init__(self, run_id: int, status: str) -> None:
+        super().__init__(f"sync run {run_id} is {status}, not running")
+        self.run_id, self.run_status = run_id, status
+
+    def details(self) -> dict[str, Any]:
+        return {"id": self.run_id}
 
 
 #: Shards of a run's counts (see :class:`antrian.db.models.SyncRunCount`).
@@ -85,6 +99,95 @@ def latest_run(engine: Engine) -> dict[str, Any] | None:
             text(_RUN_WITH_COUNTS.format(where="r.id = (SELECT max(id) FROM sync_runs)"))
         ).one_or_none()
     return None if row is None else _present(row._mapping)
+
+
+def list_runs(engine: Engine, *, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Runs newest first, with their counts, and how many there are."""
+    page = "r.id IN (SELECT id FROM sync_runs ORDER BY id DESC LIMIT :limit OFFSET :offset)"
+    with engine.connect() as connection:
+        total = connection.execute(text("SELECT count(*) FROM sync_runs")).scalar_one()
+        rows = connection.execute(
+            text(_RUN_WITH_COUNTS.format(where=page) + " ORDER BY r.id DESC"), {"limit": limit, "offset": offset}
+        ).all()
+    return [_present(row._mapping) for row in rows], total
+
+
+def cancel_run(engine: Engine, run_id: int, *, source: str) -> dict[str, Any]:
+    """End a running run as ``cancelled``; return it with its counts.
+
+    The run's jobs still queued then end without calling the school API (the actor sees the run
+    cancelled), and the fan-out stops publishing. Its counts keep only the students that reached
+    an outcome. A new run may start at once: only a ``running`` run blocks one.
+    ``source`` (``api``, ``admin`` or ``cli``) is logged with it.
+    Raises :class:`SyncRunNotFound`, or :class:`SyncRunNotRunning` when it is finished or cancelled.
+    """
+    with engine.begin() as connection:
+        cancelled = connection.execute(
+            text(
+                """UPDATE sync_runs SET status = 'cancelled', finished_at = now()
+                   WHERE id = :id AND status = 'running' RETURNING id"""
+            ),
+            {"id": run_id},
+        ).first()
+        if cancelled is None:
+            _refuse(connection, run_id)
+    logger.info("sync run %s cancelled (from %s)", run_id, source,
+                extra={"event": "sync_run_cancelled", "run_id": run_id, "source": source})
+    run = get_run(engine, run_id)
+    assert run is not None  # nothing deletes runs
+    return run
+
+
+def resume_run(engine: Engine, broker: dramatiq.Broker, run_id: int, *, source: str) -> dict[str, Any]:
+    """Send the jobs of a running (stalled) run's pending students again; return ``{"id", "status", "pending"}``.
+
+    The run's fan-out is queued again (confirmed by RabbitMQ before this returns) from the start of
+    its pending students: it records the items if it never did and publishes one message per student
+    still pending, in confirmed batches. A student whose message was only slow, not lost, then has two;
+    the second finds it done and is ignored, so the counts stay exact.
+    Raises :class:`SyncRunNotFound`, or :class:`SyncRunNotRunning` when it is finished or cancelled.
+    """
+    with engine.begin() as connection:
+        row = connection.execute(
+            text(
+                """UPDATE sync_runs SET fanout_cursor = NULL, fanout_done = false
+                   WHERE id = :id AND status = 'running' RETURNING items_recorded, total"""
+            ),
+            {"id": run_id},
+        ).first()
+        if row is None:
+            _refuse(connection, run_id)
+        pending = row.total
+        if row.items_recorded:
+            pending = connection.execute(
+                text("SELECT count(*) FROM sync_items WHERE run_id = :id AND status = 'pending'"), {"id": run_id}
+            ).scalar_one()
+    # Sent once the reset is committed, or the fan-out could still see the run fanned out and do nothing. If
+    # the send fails, the run stays stalled as it was, and resuming it again is safe.
+    FAN_OUT_SYNC_RUN.send(broker, run_id)
+    logger.info("sync run %s resumed: %s pending students sent again (from %s)", run_id, pending, source,
+                extra={"event": "sync_run_resumed", "run_id": run_id, "source": source})
+    return {"id": run_id, "status": "running", "pending": pending}
+
+
+def idle_seconds(connection: Connection) -> float:
+    """Seconds since the running run's last student outcome (or its start); 0 when no run is running."""
+    idle = connection.execute(
+        text(
+            """SELECT extract(epoch FROM now() - greatest(
+                   r.started_at, (SELECT max(i.finished_at) FROM sync_items i WHERE i.run_id = r.id)))
+               FROM sync_runs r WHERE r.status = 'running'"""
+        )
+    ).scalar_one_or_none()
+    return max(float(idle or 0), 0.0)
+
+
+def _refuse(connection: Connection, run_id: int) -> NoReturn:
+    """Raise why ``run_id`` cannot be cancelled or resumed: unknown, or no longer running."""
+    status = connection.execute(text("SELECT status FROM sync_runs WHERE id = :id"), {"id": run_id}).scalar()
+    if status is None:
+        raise SyncRunNotFound(run_id)
+    raise SyncRunNotRunning(run_id, status)
 
 
 def finish_if_complete(connection: Connection, run_id: int) -> bool:

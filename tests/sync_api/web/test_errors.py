@@ -71,7 +71,9 @@ def api_routes(app) -> list[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/api/") or rule.rule in PUBLIC_API_ROUTES:
             continue
-        path = re.sub(r"<[^>]+>", "1", rule.rule)
+        # an ``any(a, b)`` segment takes its first choice, every other one the id 1
+        path = re.sub(r"<any\(\s*([^,)\s]+)[^>]*>", r"\1", rule.rule)
+        path = re.sub(r"<[^>]+>", "1", path)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             routes.append((method, path))
     return routes

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import dramatiq
 from sqlalchemy import Engine
@@ -16,11 +17,12 @@ from antrian.bookings import reconcile
 from antrian.bookings.gateway import StatusApi
 from antrian.config import Settings
 from antrian.db.engine import engine_for
-from antrian.messages import BOOKING_EXPIRY_QUEUE, EXPIRE_UNPAID_BOOKINGS, RECONCILE_PAYMENTS
+from antrian.jobs import failed_jobs
+from antrian.messages import BOOKING_EXPIRY_QUEUE, EXPIRE_UNPAID_BOOKINGS, PRUNE_FAILED_JOBS, RECONCILE_PAYMENTS
 from antrian.runtime.per_process import PerProcess
 from booking_expiry.bookings import sweep
 from booking_expiry.bookings.metrics import RECONCILE_FAILURES, RECONCILE_LAST_SUCCESS, RECONCILED
-from booking_expiry.bookings.retries import RECONCILE, RECONCILE_BUDGET_S, SWEEP
+from booking_expiry.bookings.retries import PRUNE, RECONCILE, RECONCILE_BUDGET_S, SWEEP
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +67,12 @@ def reconcile_payments() -> None:
     RECONCILED.labels("unknown").inc(done.unknown)
     RECONCILED.labels("deferred").inc(done.deferred + done.not_reached)
     RECONCILE_LAST_SUCCESS.set(time.time())
+
+
+@dramatiq.actor(actor_name=PRUNE_FAILED_JOBS.actor, queue_name=BOOKING_EXPIRY_QUEUE, **PRUNE.actor_options())
+def prune_failed_jobs() -> None:
+    """Delete the failed jobs that failed longer than ``FAILED_JOBS_RETENTION_DAYS`` ago (Horizon's trim)."""
+    days = process.get().settings.failed_jobs_retention_days
+    pruned = failed_jobs.prune(process.get().engine, retention=timedelta(days=days))
+    logger.info("pruned %d failed jobs older than %d days", pruned, days,
+                extra={"event": "failed_jobs_pruned", "jobs": pruned, "retention_days": days})

@@ -11,3 +11,5 @@ RECONCILE = never_retried(time_limit_ms=240_000)
 #: A reconciliation takes no new batch after this many seconds: it ends well inside its time limit (a batch
 #: of 500 orders takes about 1.3 s at the gateway's 400 a second), leaving the oldest expired orders for later.
 RECONCILE_BUDGET_S = 0.75 * RECONCILE.time_limit_ms / 1000
+#: The prune of old failed jobs: one statement; the next hourly run is its retry.
+PRUNE = never_retried(time_limit_ms=120_000)

@@ -10,7 +10,13 @@ from dramatiq.middleware import CurrentMessage
 
 from antrian.config import Settings
 from antrian.db.engine import engine_for
-from antrian.messages import EMAILS_QUEUE, SEND_CANCELLATION_EMAIL, SEND_ETICKET_EMAIL, SEND_INVOICE_EMAIL
+from antrian.messages import (
+    EMAILS_QUEUE,
+    RESEND_BOOKING_EMAIL,
+    SEND_CANCELLATION_EMAIL,
+    SEND_ETICKET_EMAIL,
+    SEND_INVOICE_EMAIL,
+)
 from antrian.runtime.per_process import PerProcess
 from mailer.emails.deliveries import Deliveries
 from mailer.emails.metrics import EMAILS
@@ -60,12 +66,26 @@ def send_cancellation_email(booking_id: int) -> None:
     _deliver(booking_id, CANCELLATION)
 
 
+@dramatiq.actor(actor_name=RESEND_BOOKING_EMAIL.actor, **_OPTIONS)
+def resend_booking_email(resend_id: int) -> None:
+    """Send one resend's email (an operator asked for the booking's email once more), once."""
+    _deliver(resend_id, RESEND)
+
+
+#: The metrics' kind label of resends.
+RESEND = "resend"
+
+
 def _deliver(booking_id: int, kind: str) -> None:
+    """``kind`` RESEND: ``booking_id`` is the id of an ``email_resends`` row."""
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
     final_attempt = EMAIL.is_final(message)
     try:
-        result = deliveries.get().deliver(booking_id, kind, final_attempt=final_attempt)
+        if kind == RESEND:
+            result = deliveries.get().resend(booking_id, final_attempt=final_attempt)
+        else:
+            result = deliveries.get().deliver(booking_id, kind, final_attempt=final_attempt)
     except PermanentFailure:
         # Logged where it was found; ``throws`` makes Dramatiq dead-letter it without a traceback.
         EMAILS.labels(kind, "failed").inc()

@@ -26,10 +26,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
 from antrian.db.engine import retry_on_disconnect
-from antrian.db.models import EmailDelivery
+from antrian.db.models import EmailDelivery, EmailResend
 from mailer.emails.bookings import BookingDetails, load_booking
 from mailer.emails.metrics import SMTP_SEND_SECONDS
-from mailer.emails.render import CANCELLATION, ETICKET, INVOICE, Sender, message_id_for, render
+from mailer.emails.render import CANCELLATION, ETICKET, INVOICE, Sender, message_id_for, render, resend_message_id
 from mailer.emails.retries import EMAIL
 from mailer.errors import BookingNotFound, BookingNotPaid, BookingNotRefunded
 from mailer.transport import Transport
@@ -37,6 +37,8 @@ from mailer.transport import Transport
 logger = logging.getLogger(__name__)
 
 SENT, DUPLICATE, OUTDATED = "sent", "duplicate", "outdated"
+#: The status a booking must still have for a resend of its email of each kind (as :meth:`Deliveries.deliver`).
+_STATUS_FOR_KIND = {INVOICE: "pending", ETICKET: "paid", CANCELLATION: "refunded"}
 #: Characters of an error kept in ``email_deliveries.last_error``.
 ERROR_LENGTH = 1000
 
@@ -113,6 +115,79 @@ class Deliveries:
                 raise
         logger.info("%s %s sent", kind, booking.code, extra=_fields(booking, kind, message_id))
         return SENT
+
+    def resend(self, resend_id: int, *, final_attempt: bool) -> str:
+        """Send the email of one ``email_resends`` row unless it was sent already: ``"sent"`` or ``"duplicate"``.
+
+        The same protocol as :meth:`deliver`, on the resend's own row: locked while sending, marked ``sent``
+        in the transaction that holds the lock, so a redelivered or duplicated message sends nothing more.
+        ``"outdated"`` (nothing sent, the row ``failed``) when the resend no longer exists or its booking has
+        moved on since it was asked for (the e-ticket of a booking no longer paid, ...).
+        """
+        return retry_on_disconnect(lambda: self._resend(resend_id, final_attempt))
+
+    def _resend(self, resend_id: int, final_attempt: bool) -> str:
+        booking: BookingDetails | None = None
+        kind, message_id, sent = "", "", False
+        with self.engine.connect() as connection:
+            try:
+                with connection.begin():
+                    row = connection.execute(
+                        select(EmailResend.booking_id, EmailResend.kind, EmailResend.status)
+                        .where(EmailResend.id == resend_id).with_for_update()
+                    ).one_or_none()
+                    if row is None:
+                        logger.warning("resend %s does not exist: nothing sent", resend_id,
+                                       extra={"resend_id": resend_id})
+                        return OUTDATED
+                    kind = row.kind
+                    if row.status == SENT:
+                        logger.info("resend %s already sent; duplicate job skipped", resend_id,
+                                    extra={"resend_id": resend_id, "booking_id": row.booking_id, "kind": kind})
+                        return DUPLICATE
+                    booking = load_booking(connection, row.booking_id)
+                    if booking is None or booking.status != _STATUS_FOR_KIND[kind]:
+                        reason = ("its booking no longer exists" if booking is None
+                                  else f"the booking is {booking.status}")
+                        logger.warning("resend %s of %s not sent: %s", resend_id, kind, reason,
+                                       extra={"resend_id": resend_id, "booking_id": row.booking_id, "kind": kind})
+                        connection.execute(update(EmailResend).where(EmailResend.id == resend_id)
+                                           .values(status="failed", last_error=f"not sent: {reason}"))
+                        return OUTDATED
+                    message_id = resend_message_id(kind, booking.code, resend_id, self.sender)
+                    self._send(booking, kind, message_id)
+                    sent = True
+                    connection.execute(
+                        update(EmailResend).where(EmailResend.id == resend_id)
+                        .values(status=SENT, sent_at=func.statement_timestamp(), message_id=message_id,
+                                attempts=EmailResend.attempts + 1)
+                    )
+            except Exception as exc:
+                if booking is not None and message_id and not sent and not isinstance(exc, DBAPIError):
+                    self._record_resend_failure(connection, resend_id, booking, kind, message_id, exc, final_attempt)
+                raise
+        logger.info("%s %s sent again (resend %s)", kind, booking.code, resend_id,
+                    extra={**_fields(booking, kind, message_id), "resend_id": resend_id})
+        return SENT
+
+    def _record_resend_failure(self, connection: Connection, resend_id: int, booking: BookingDetails, kind: str,
+                               message_id: str, error: Exception, final_attempt: bool) -> None:
+        gives_up = final_attempt or not EMAIL.is_transient(error)
+        last_error = f"{type(error).__name__}: {error}"[:ERROR_LENGTH]
+        try:
+            with connection.begin():
+                connection.execute(
+                    update(EmailResend).where(EmailResend.id == resend_id, EmailResend.status != SENT)
+                    .values(status="failed" if gives_up else "pending", attempts=EmailResend.attempts + 1,
+                            last_error=last_error, message_id=message_id)
+                )
+        except DBAPIError as exc:
+            logger.warning("could not record the failed attempt of resend %s: %s", resend_id, exc.orig)
+        logger.warning(
+            "resend %s of %s %s not sent%s: %s", resend_id, kind, booking.code, "" if gives_up else ", will retry",
+            error, extra={**_fields(booking, kind, message_id), "resend_id": resend_id, "error": last_error,
+                          "final": gives_up},
+        )
 
     def _claim(self, connection: Connection, booking: BookingDetails, kind: str) -> Any:
         """The delivery row, created when missing and locked until the transaction ends."""

@@ -50,6 +50,12 @@ def message_id_for(kind: str, code: str, sender: Sender) -> str:
     return f"<{kind}.{code}@{sender.domain}>"
 
 
+def resend_message_id(kind: str, code: str, resend_id: int, sender: Sender) -> str:
+    """The ``Message-ID`` of one resend: its own (mail systems drop a second message with a known one), stable
+    across its attempts."""
+    return f"<{kind}.{code}.resend-{resend_id}@{sender.domain}>"
+
+
 def render(kind: str, booking: BookingDetails, sender: Sender, *, message_id: str | None = None,
            now: datetime | None = None) -> EmailMessage:
     """The booking's email of ``kind`` (``invoice``, ``eticket`` or ``cancellation``), ready to send.

@@ -6,9 +6,19 @@ from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import Connection
 
 from sync_api.bookings import booking as bookings
-from sync_api.bookings import idempotency
+from sync_api.bookings import emails, idempotency
 from sync_api.bookings.metrics import BOOKINGS_CREATED
-from sync_api.bookings.schemas import Booking, BookingCreated, BookingHeaders, NewBooking, NewTour, Tour
+from sync_api.bookings.schemas import (
+    Booking,
+    BookingCreated,
+    BookingHeaders,
+    Bookings,
+    BookingsQuery,
+    NewBooking,
+    NewTour,
+    ResendQueued,
+    Tour,
+)
 from sync_api.web import auth
 from sync_api.web.extensions import get_engine
 from sync_api.web.openapi import documented
@@ -72,9 +82,30 @@ def create_booking(json: NewBooking):
 @bp.get(f"/bookings/<int(max={MAX_ID}):booking_id>")
 @documented(tags=("bookings",), ok={"HTTP_200": Booking}, errors=(404,))
 def show_booking(booking_id: int):
-    """One booking."""
+    """One booking, with the emails it was sent (each kind's, and every resend) and when."""
     booking = bookings.get_booking(get_engine(), booking_id)
     if booking is None:
         raise bookings.BookingNotFound(booking_id)
-    return jsonify(booking)
+    return jsonify({**booking, "emails": emails.history(get_engine(), booking_id)})
+
+
+@bp.get("/bookings")
+@documented(tags=("bookings",), query=BookingsQuery, ok={"HTTP_200": Bookings}, errors=(400,))
+def find_bookings(query: BookingsQuery):
+    """Bookings newest first; with ``?code=``, the booking with that code (an empty list when none has it)."""
+    items, total = emails.find_by_code(get_engine(), query.code, limit=query.limit, offset=query.offset)
+    return jsonify({"items": items, "total": total})
+
+
+@bp.post(f"/bookings/<int(max={MAX_ID}):booking_id>/emails/<any({', '.join(emails.KINDS)}):kind>/resend")
+@documented(tags=("bookings",), ok={"HTTP_202": ResendQueued}, errors=(404, 409))
+def resend_email(booking_id: int, kind: str):
+    """Send the booking's email of ``kind`` once more (recorded as a resend; the mailer sends it once).
+
+    409 when that email was never sent to this booking, or no longer applies (an e-ticket of a booking no
+    longer paid, an invoice of one no longer pending).
+    """
+    source = "admin" if request.headers.get(auth.SCRIPT_HEADER) else "api"
+    queued = emails.resend(get_engine(), booking_id, kind, source=source)
+    return jsonify(queued), 202
 

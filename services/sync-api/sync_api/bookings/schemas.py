@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from sync_api.bookings.idempotency import KEY_CHARACTERS, MAX_KEY_LENGTH
+from sync_api.web.schemas import Page, PageQuery
 from sync_api.web.validation import Amount, AwareDateTime, EmailAddress, Id, Text, WholeNumber
 
 #: Bounds that keep every value inside its column and out of absurdity: a booking's total (price x seats)
@@ -66,7 +67,7 @@ class BookingCreated(BaseModel):
     quantity: int
 
 
-class Booking(BaseModel):
+class BookingSummary(BaseModel):
     id: int
     code: str
     tour_id: int
@@ -78,6 +79,44 @@ class Booking(BaseModel):
     created_at: Moment
     expires_at: Moment
     paid_at: Moment | None
+
+
+class BookingEmail(BaseModel):
+    """One email of the booking: its kind's delivery (one per kind, ever), or a resend an operator asked for."""
+
+    kind: str = Field(description="invoice, eticket or cancellation")
+    status: str = Field(description="pending, sent or failed")
+    sent_at: Moment | None
+    message_id: str | None = Field(description="the email's Message-ID header (a resend has its own)")
+    attempts: int
+    last_error: str | None
+    resend: bool = Field(description="sent once more on purpose by an operator")
+    resend_id: int | None
+    requested_at: Moment | None = Field(description="when it was queued (a resend: when it was asked for)")
+    source: str | None = Field(description="a resend: who asked (api, admin or cli)")
+
+
+class Booking(BookingSummary):
+    emails: list[BookingEmail] = Field(description="the emails sent or being sent, oldest first")
+
+
+class BookingsQuery(PageQuery):
+    code: Annotated[str, Text(64)] | None = Field(
+        None, description="the booking with this code (case and surrounding spaces ignored); an empty list if none"
+    )
+
+
+class Bookings(Page[BookingSummary]):
+    pass
+
+
+class ResendQueued(BaseModel):
+    resend_id: int = Field(description="the resend's record (email_resends)")
+    booking_id: int
+    code: str
+    kind: str
+    status: str = Field(description="``pending``: queued, sent by the mailer once")
+    requested_at: Moment
 
 
 class PaymentNotification(BaseModel):

@@ -12,6 +12,7 @@ from sync_api.jobs.schemas import (
     FailedJobsQuery,
     Flushed,
     FlushQuery,
+    Forgotten,
     OfQueue,
     QueueChoice,
     Queues,
@@ -56,7 +57,8 @@ def _queue() -> str | None:
 @documented(tags=("jobs",), query=FailedJobsQuery, ok={"HTTP_200": FailedJobs}, errors=(400,))
 def list_failed(query: FailedJobsQuery):
     """The failed jobs (out of attempts, kept with their last exception), newest first."""
-    items, total = failed_jobs.list_failed(get_engine(), queue=query.queue, limit=query.limit, offset=query.offset)
+    items, total = failed_jobs.list_failed(get_engine(), queue=query.queue, search=query.q, limit=query.limit,
+                                           offset=query.offset)
     return jsonify({"items": items, "total": total})
 
 
@@ -65,6 +67,22 @@ def list_failed(query: FailedJobsQuery):
 def show(job_id: int):
     """One failed job with its traceback."""
     return jsonify(failed_jobs.get(get_engine(), job_id))
+
+
+#: The same path as JOB_ID's GET, without bounds in the rule: werkzeug answers a second method on one path whose
+#: converter refuses the value with 405 instead of 404 (the GET rule's method is remembered as "allowed"), so the
+#: view checks the bounds itself. Documented like JOB_ID (1 to MAX_ID).
+_ANY_JOB_ID = "<int:job_id>"
+
+
+@bp.delete(f"/jobs/failed/{_ANY_JOB_ID}")
+@documented(tags=("jobs",), ok={"HTTP_200": Forgotten}, errors=(400, 404))
+def forget(job_id: int):
+    """Delete one failed job for good."""
+    if not 1 <= job_id <= MAX_ID:
+        raise failed_jobs.FailedJobNotFound(job_id)
+    failed_jobs.remove(get_engine(), job_id, source=_source())
+    return jsonify({"deleted": 1, "id": job_id})
 
 
 @bp.post(f"/jobs/failed/{JOB_ID}/retry")

@@ -18,7 +18,10 @@ class OfQueue(Query):
 
 
 class FailedJobsQuery(PageQuery, OfQueue):
-    pass
+    q: str | None = Field(
+        None, max_length=200,
+        description="only jobs whose arguments (as JSON) or exception contain this, ignoring case, e.g. a booking id",
+    )
 
 
 class FlushQuery(OfQueue):
@@ -61,6 +64,11 @@ class Retried(BaseModel):
     queue: str | None = None
 
 
+class Forgotten(BaseModel):
+    deleted: int = Field(description="1: the failed job is gone for good")
+    id: int
+
+
 class Flushed(BaseModel):
     flushed: int
     queue: str | None
@@ -79,6 +87,13 @@ class QueueState(BaseModel):
     publish_rate: float | None
     ack_rate: float | None
     source: str = Field(description="`management` or `amqp` (no rates, no unacknowledged count)")
+    wait_p50_seconds: float | None = Field(
+        description="median wait (seconds from enqueue, or a delayed message's due time, to the start of processing)"
+                    " of the messages that started in the last 5 minutes, estimated from histogram buckets;"
+                    " null when none did"
+    )
+    wait_p95_seconds: float | None = Field(description="95th percentile of the same waits; null when none")
+    wait_messages: int = Field(description="messages that started processing in the last 5 minutes")
 
 
 class Queues(Page[QueueState]):

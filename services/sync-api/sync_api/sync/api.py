@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from antrian.sync import runs as sync_runs
 from antrian.sync.runs import SyncRunNotFound
-from sync_api.sync.schemas import RunFailures, RunStarted, StartRun, SyncRun
+from sync_api.sync.schemas import RunFailures, RunResumed, RunStarted, StartRun, SyncRun, SyncRuns
 from sync_api.web import auth
 from sync_api.web.extensions import get_broker, get_engine
 from sync_api.web.openapi import documented
@@ -15,6 +15,11 @@ from sync_api.web.validation import MAX_ID
 
 bp = Blueprint("sync_runs", __name__, url_prefix="/api/sync-runs")
 bp.before_request(auth.require_token)
+
+
+def _source() -> str:
+    """Who asked, for the log: the admin page's scripts, or an API client."""
+    return "admin" if request.headers.get(auth.SCRIPT_HEADER) else "api"
 
 
 def start_run_response():
@@ -28,6 +33,14 @@ def start_run_response():
 def start():
     """Start a run: one job per student on queue ``sync-pembayaran``; 409 with the running run's ``id``."""
     return start_run_response()
+
+
+@bp.get("")
+@documented(tags=("sync",), query=PageQuery, ok={"HTTP_200": SyncRuns}, errors=(400,))
+def list_runs(query: PageQuery):
+    """Every run with its counts, newest first."""
+    items, total = sync_runs.list_runs(get_engine(), limit=query.limit, offset=query.offset)
+    return jsonify({"items": items, "total": total})
 
 
 @bp.get(f"/<int(max={MAX_ID}):run_id>")
@@ -48,3 +61,19 @@ def failures(run_id: int, query: PageQuery):
         raise SyncRunNotFound(run_id)
     items, total = sync_runs.list_failures(get_engine(), run_id, limit=query.limit, offset=query.offset)
     return jsonify({"items": items, "total": total})
+
+
+@bp.post(f"/<int(max={MAX_ID}):run_id>/cancel")
+@documented(tags=("sync",), ok={"HTTP_200": SyncRun}, errors=(404, 409))
+def cancel(run_id: int):
+    """End a running run as ``cancelled``: its queued jobs end without calling the school API, its counts keep
+    the students that reached an outcome, and a new run may start at once; 409 when it is not running."""
+    return jsonify(sync_runs.cancel_run(get_engine(), run_id, source=_source()))
+
+
+@bp.post(f"/<int(max={MAX_ID}):run_id>/resume")
+@documented(tags=("sync",), ok={"HTTP_202": RunResumed}, errors=(404, 409))
+def resume(run_id: int):
+    """Send again the jobs of the students still pending in a running run that stalled (with publisher confirms);
+    409 when it is not running."""
+    return jsonify(sync_runs.resume_run(get_engine(), get_broker(), run_id, source=_source())), 202

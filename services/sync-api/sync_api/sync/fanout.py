@@ -59,6 +59,7 @@ _RECORD_ITEMS = text(
 _NEXT_BATCH = text(
     """SELECT idperson FROM sync_items
        WHERE run_id = :run_id AND status = 'pending' AND idperson > :cursor
+         AND EXISTS (SELECT 1 FROM sync_runs WHERE id = :run_id AND status = 'running')
        ORDER BY idperson LIMIT :limit"""
 )
 _SAVE_CURSOR = text("UPDATE sync_runs SET fanout_cursor = :cursor WHERE id = :run_id")
@@ -91,7 +92,7 @@ def _fan_out_locked(engine: Engine, run_id: int, publisher_factory: Callable[[],
     if run is None:
         logger.warning("sync run %s does not exist; the request that started it did not commit", run_id)
         return
-    if run.fanout_done:
+    if run.fanout_done or run.status != "running":  # cancelled: its students are not sent
         return
     if not run.items_recorded:
         total = retry_on_disconnect(lambda: _record_items(engine, run_id, run.last_student_id))
@@ -153,7 +154,8 @@ def _wait_for_run(engine: Engine, run_id: int):
         with engine.connect() as connection:
             run = connection.execute(
                 text(
-                    "SELECT last_student_id, items_recorded, fanout_cursor, fanout_done FROM sync_runs WHERE id = :id"
+                    "SELECT status, last_student_id, items_recorded, fanout_cursor, fanout_done FROM sync_runs"
+                    " WHERE id = :id"
                 ),
                 {"id": run_id},
             ).one_or_none()

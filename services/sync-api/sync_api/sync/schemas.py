@@ -21,7 +21,7 @@ class RunStarted(BaseModel):
 
 class SyncRun(BaseModel):
     id: int
-    status: str = Field(description="running or finished")
+    status: str = Field(description="running, finished or cancelled")
     total: int
     processed: int = Field(description="students that reached an outcome (success or failure), each once")
     failed: int
@@ -30,6 +30,16 @@ class SyncRun(BaseModel):
     isRunning: bool
     started_at: str | None
     finished_at: str | None
+
+
+class SyncRuns(Page[SyncRun]):
+    """Runs, newest first."""
+
+
+class RunResumed(BaseModel):
+    id: int
+    status: str = Field(description="``running``")
+    pending: int = Field(description="students without an outcome yet, whose jobs are sent again")
 
 
 class Progress(BaseModel):

@@ -23,8 +23,8 @@ from sync_api.sync.upstream import SchoolApi
 logger = logging.getLogger(__name__)
 
 _ITEM_STATE = text(
-    """SELECT i.status, s.id IS NOT NULL AS student_exists
-       FROM sync_items i LEFT JOIN students s ON s.idperson = i.idperson
+    """SELECT i.status, s.id IS NOT NULL AS student_exists, r.status AS run_status
+       FROM sync_items i JOIN sync_runs r ON r.id = i.run_id LEFT JOIN students s ON s.idperson = i.idperson
        WHERE i.run_id = :run_id AND i.idperson = :idperson"""
 )
 
@@ -86,6 +86,10 @@ class StudentSync:
         state = retry_on_disconnect(lambda: self._item_state(idperson, run_id))
         if state is None:
             logger.warning("no sync item for student %s in run %s; message ignored", idperson, run_id)
+            return
+        if state.run_status == "cancelled":
+            # An operator cancelled the run: its outstanding jobs end here, without an outcome.
+            logger.info("sync run %s is cancelled; student %s not synced", run_id, idperson)
             return
         if state.status not in from_:
             logger.info("student %s already %s in run %s; duplicate message ignored", idperson, state.status, run_id)

@@ -37,6 +37,7 @@ class DatabaseStateCollector:
                 refund_oldest = _refund_due_oldest_age(connection)
                 stored = failed_jobs.counts(connection)
                 actions = failed_jobs.action_totals(connection)
+                sync_idle = sync_runs.idle_seconds(connection)
             run = sync_runs.latest_run(self.engine)
         except Exception as exc:  # noqa: BLE001 - the process's own metrics still matter while the database is away
             logger.warning("metrics read from the database are missing from this scrape: %s", exc)
@@ -54,6 +55,11 @@ class DatabaseStateCollector:
             value=refund_oldest,
         )
         yield from _sync_run(run)
+        yield GaugeMetricFamily(
+            "antrian_sync_run_idle_seconds",
+            "Seconds since the running sync run's last student outcome (or its start); 0 when none is running.",
+            value=sync_idle,
+        )
         failed = GaugeMetricFamily(
             "antrian_failed_jobs", "Failed jobs stored in failed_jobs, waiting for a retry or a flush.",
             labels=["queue", "actor"],
