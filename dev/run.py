@@ -98,7 +98,7 @@ CHILDREN = [
           condition=upstream_unset, ready="http://127.0.0.1:{dev_port}/healthz"),
     Child("dev-payment-gateway",
           ("python", "dev/payment_gateway.py", "--port", "{gateway_port}", "--latency-ms", "50",
-           "--server-key", "{payment_server_key}"),
+           "--server-key={payment_server_key}"),  # one argument: a generated key may start with "-"
           condition=payment_gateway_unset, ready="http://127.0.0.1:{gateway_port}/healthz"),
     Child("mail-sink",
           ("python", "dev/mail_sink.py", "--host", "127.0.0.1", "--smtp-port", "{sink_smtp_port}",

@@ -34,3 +34,12 @@ def test_the_stand_ins_start_only_for_what_is_not_given():
     assert smtp_unset({}) and smtp_unset({"MAIL_BACKEND": "smtp"})
     assert not smtp_unset({"SMTP_HOST": "mail.example"}) and not smtp_unset({"SMTP_PORT": "587"})
     assert not smtp_unset({"MAIL_BACKEND": "file"})
+
+
+def test_a_generated_server_key_that_starts_with_a_dash_reaches_the_gateway_as_its_value():
+    # Found by a clean-clone run: secrets.token_urlsafe may start with "-", which argparse took for an option
+    from dev.run import CHILDREN
+
+    [gateway] = [child for child in CHILDREN if child.name == "dev-payment-gateway"]
+    argv = [arg.format(payment_server_key="-xjuWds6", gateway_port=8082) for arg in gateway.argv]
+    assert "--server-key=-xjuWds6" in argv

@@ -9,7 +9,7 @@ def test_a_person_finds_an_operation_and_the_document_behind_the_page(clean, sta
     web = start_web()
     page.goto(f"{web}/api/docs")
 
-    page.get_by_role("link", name="POST /api/bookings").click()
+    page.get_by_role("link", name="POST /api/bookings", exact=True).click()
     section = page.locator("section#post__api_bookings")
     assert section.is_visible()
     assert "Idempotency-Key" in section.inner_text()
