@@ -63,17 +63,22 @@ def log_path(name: str) -> Path:
 # --------------------------------------------------------------------------- infrastructure
 
 
+def recreate_database(name: str) -> None:
+    """Drop database ``name`` (whoever is connected) and create it empty."""
+    admin = create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            connection.execute(text(f"CREATE DATABASE {name}"))
+    finally:
+        admin.dispose()
+
+
 def reset_database() -> None:
     """Drop and create ``antrian_bench``, then migrate it with the product's own migrations."""
     from antrian.db.migrate import upgrade
 
-    admin = create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-            connection.execute(text(f"CREATE DATABASE {DATABASE}"))
-    finally:
-        admin.dispose()
+    recreate_database(DATABASE)
     upgrade(DATABASE_URL)
 
 

@@ -57,6 +57,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from . import soak_checks, soak_plot
+from .common import recreate_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -66,7 +67,6 @@ WORK_DIR = ROOT / "var" / "soak"
 
 DATABASE = "antrian_soak"
 DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
-ADMIN_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 VHOST = "antrian_soak"
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 API_TOKEN = "soak-token-0123456789"
@@ -186,16 +186,6 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def reset_database() -> None:
-    admin = create_engine(ADMIN_DATABASE_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-            connection.execute(text(f"CREATE DATABASE {DATABASE}"))
-    finally:
-        admin.dispose()
 
 
 def reset_vhost() -> None:
@@ -661,7 +651,7 @@ def main() -> int:
     code = 0
     try:
         log(f"database {DATABASE} and vhost {VHOST} made anew; {config.students} students seeded")
-        reset_database()
+        recreate_database(DATABASE)
         reset_vhost()
         run_step(["antrian", "migrate"], env, folder)
         run_step(["antrian", "seed-demo", "--students", str(config.students), "--tours", "0"], env, folder)
