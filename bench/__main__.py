@@ -5,7 +5,8 @@ Parts: (a) students/s vs a bare Dramatiq actor, with (d) worker memory sampled d
 at a steady rate vs GET /healthz; (f) invoice emails/s by the mailer vs one smtplib connection; (g) the booking expiry
 sweep vs the old one-transaction-per-booking loop, and the sweep's query plan; (h) retry-all of failed jobs
 vs retrying them one at a time; (i) payment notifications (each asks the gateway's status API) vs GET /healthz,
-and reconciling pending bookings vs the gateway's rate limit. The figures go to stdout
+and reconciling pending bookings vs the gateway's rate limit; (j) the sync rate with no UPSTREAM_RATE_LIMIT vs one
+far above it and one at twice it. The figures go to stdout
 as a table and to bench/results/latest.json; process logs to bench/results/logs/<time>/.
 """
 
@@ -28,16 +29,18 @@ from . import (
     fanout,
     latency_bound,
     payments,
+    rate_limit,
     retry_all,
     sync_throughput,
 )
 
-PARTS = ("a", "b", "c", "e", "f", "g", "h", "i")
+PARTS = ("a", "b", "c", "e", "f", "g", "h", "i", "j")
 #: Defaults of the full suite, and of ``--small`` (a quick check that everything works).
 #: (a) runs both sides with Dramatiq's default of 8 threads per process: with an instant upstream,
 #: more threads only add GIL hand-offs (futex time) to both.
 #: (f) runs the mailer with 4 threads per process: against the instant local sink it is CPU-bound, and
 #: 2, 4, 8 and 16 threads gave 245, 249-261, 227-251 and 224 emails/s (4 holds half the transactions open).
+#: (j) runs each way (no limit, far above, twice the unlimited rate) j_repeats times, in turns.
 #: (g) times the per-booking loop on all bookings if its first g_loop_subset say it ends within g_loop_budget_s,
 #: else extrapolates from them.
 FULL = {"a_students": 20_000, "a_processes": 2, "a_threads": 8,
@@ -47,10 +50,11 @@ FULL = {"a_students": 20_000, "a_processes": 2, "a_threads": 8,
         "f_emails": 5_000, "f_processes": 2, "f_threads": 4,
         "g_bookings": 100_000, "g_tours": 100, "g_repeats": 3, "g_loop_subset": 10_000, "g_loop_budget_s": 240,
         "g_plan_bookings": 1_000_000, "g_plan_due": 100, "h_jobs": 20_000,
-        "i_notifications": 2_000, "i_concurrency": 8, "i_bookings": 10_000, "i_rate_limit": 500}
+        "i_notifications": 2_000, "i_concurrency": 8, "i_bookings": 10_000, "i_rate_limit": 500,
+        "j_students": 20_000, "j_processes": 2, "j_threads": 8, "j_repeats": 3, "j_far_limit": 100_000.0}
 SMALL = {**FULL, "a_students": 2_000, "b_students": 610, "c_students": 10_000, "c_samples": 5, "c_publish": 10_000,
          "e_seconds": 5, "f_emails": 500, "g_bookings": 10_000, "g_repeats": 1, "g_plan_bookings": 100_000,
-         "h_jobs": 2_000, "i_notifications": 200, "i_bookings": 1_000}
+         "h_jobs": 2_000, "i_notifications": 200, "i_bookings": 1_000, "j_students": 4_000}
 
 
 class BenchTimeout(BaseException):
@@ -147,6 +151,9 @@ def _run_part(part: str, engine, args: argparse.Namespace) -> dict:
     if part == "i":
         return payments.run(engine, notifications=args.i_notifications, concurrency=args.i_concurrency,
                             bookings=args.i_bookings, rate_limit=args.i_rate_limit)
+    if part == "j":
+        return rate_limit.run(engine, students=args.j_students, processes=args.j_processes, threads=args.j_threads,
+                              repeats=args.j_repeats, far_limit=args.j_far_limit)
     return expiry_sweep.run(engine, bookings=args.g_bookings, tours=args.g_tours, repeats=args.g_repeats,
                             loop_subset=args.g_loop_subset, loop_budget_s=args.g_loop_budget_s,
                             plan_bookings=args.g_plan_bookings, plan_due=args.g_plan_due)
@@ -233,6 +240,7 @@ def table_rows(parts: dict) -> list[dict]:
             f"{h['one_at_a_time']['seconds']}s ({h['one_at_a_time']['per_s']:,}/s)")
         add("h", "ratio one at a time / batched; every job queued once, none left stored", f"{h['ratio']}x", "(info)")
     _payment_rows(parts.get("i", {}), add)
+    rate_limit.rows(parts.get("j", {}), add)
     return rows
 
 

@@ -227,15 +227,18 @@ def start_school_api(*, latency_ms: float = 0) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def start_sync_worker(upstream: str, *, processes: int, threads: int) -> Service:
-    """The real ``sync-worker`` (Dramatiq); ready once its metrics answer (after its workers booted)."""
+def start_sync_worker(upstream: str, *, processes: int, threads: int, **env: str) -> Service:
+    """The real ``sync-worker`` (Dramatiq), with ``env`` added to its environment; ready once its metrics answer
+    (after its workers booted), at ``.metrics_url``."""
     port = free_port()
-    return Service(
+    service = Service(
         f"sync-worker-{port}",
         [str(BIN / "sync-worker"), "--processes", str(processes), "--threads", str(threads)],
-        base_env(UPSTREAM_BASE_URL=upstream, METRICS_PORT=str(port)),
+        base_env(UPSTREAM_BASE_URL=upstream, METRICS_PORT=str(port), **env),
         ready_url=f"http://127.0.0.1:{port}/metrics",
-    ).start(timeout=90)
+    )
+    service.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    return service.start(timeout=90)
 
 
 def start_sync_api(**env: str) -> str:

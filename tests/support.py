@@ -344,3 +344,14 @@ def metric(metrics_url: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most events in any 1-second sliding window of ``times`` (seconds, one clock): a rate limit's proof."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while times[first] <= at - 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most

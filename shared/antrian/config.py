@@ -8,6 +8,7 @@ process must hand on to a library or a child through the environment goes throug
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -79,6 +80,11 @@ class Settings:
     payment_reconcile_seconds: int = 300
     #: Failed jobs that failed longer ago than this many days are pruned by the scheduled task ``prune-failed-jobs``.
     failed_jobs_retention_days: int = 7
+    #: ``UPSTREAM_RATE_LIMIT``: school API requests per second, across every sync worker on every host (the budget
+    #: is shared in PostgreSQL, :mod:`antrian.rate_limit`); None: no limit.
+    upstream_rate_limit: float | None = None
+    #: ``SMTP_RATE_LIMIT``: emails per second, across every mailer process; None: no limit.
+    smtp_rate_limit: float | None = None
     metrics_port: int | None = None
     port: int = 8000
     host: str = "0.0.0.0"
@@ -157,6 +163,16 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _rate(value: str) -> float | None:
+    """A rate limit: a positive number per second; empty means none."""
+    if not value.strip():
+        return None
+    number = float(value)
+    if not 0 < number < math.inf:
+        raise ValueError("must be a positive number per second (or empty: no limit)")
+    return number
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -229,6 +245,8 @@ _PARSERS: dict[str, Any] = {
     "payment_api_base_url": _http_url,
     "payment_reconcile_seconds": _positive_int,
     "failed_jobs_retention_days": _positive_int,
+    "upstream_rate_limit": _rate,
+    "smtp_rate_limit": _rate,
     "metrics_port": _port,
     "port": _port,
     "host": str.strip,

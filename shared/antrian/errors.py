@@ -67,6 +67,14 @@ class BrokerBlocked(DependencyUnavailable):
     retry_after_s = 5
 
 
+class RateLimitUnavailable(DependencyUnavailable):
+    """Raised when a rate limit (:mod:`antrian.rate_limit`) gives no token: its shared budget in PostgreSQL could
+    not be reserved (the database is unreachable or busy), or the token would come later than the limiter waits
+    (more demand than the limit serves in that time). Nothing was sent: another attempt shortly may succeed."""
+
+    retry_after_s = 2
+
+
 class Busy(AntrianError):
     """Raised when what a request needs stays held by others for longer than it waits (PostgreSQL's
     ``lock_timeout`` or ``statement_timeout``): nothing was changed, and trying again shortly may succeed."""

@@ -320,3 +320,16 @@ class MessageWaitCount(Base):
     #: The bucket's upper bound in seconds (``inf`` for the last), as Prometheus' ``le``.
     le: Mapped[float] = mapped_column(primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class RateLimit(Base):
+    """A rate limit's shared budget (:mod:`antrian.rate_limit`): GCRA's theoretical arrival time, the moment by which
+    every token handed out so far is spent at the limit's pace. A process reserves a few tokens at a time by moving
+    ``tat`` on by their share of time, in one upsert; the row is made by the first reservation."""
+
+    __tablename__ = "rate_limits"
+
+    #: The limit's name: ``upstream`` (``UPSTREAM_RATE_LIMIT``) or ``smtp`` (``SMTP_RATE_LIMIT``).
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    tat: Mapped[datetime]
+

@@ -17,6 +17,7 @@ from antrian.messages import (
     SEND_ETICKET_EMAIL,
     SEND_INVOICE_EMAIL,
 )
+from antrian.rate_limit import RateLimiter
 from antrian.runtime.per_process import PerProcess
 from mailer.emails.deliveries import Deliveries
 from mailer.emails.metrics import EMAILS
@@ -25,13 +26,18 @@ from mailer.emails.retries import EMAIL
 from mailer.errors import EmailDeferred, PermanentFailure
 from mailer.transport import make_transport
 
+#: The longest an email waits for an ``SMTP_RATE_LIMIT`` token: half its time limit, so that the send itself
+#: (``SMTP_TIMEOUT_S``) still fits. Past it the job is retried (RateLimitUnavailable).
+SMTP_MAX_WAIT_S = EMAIL.time_limit_ms / 1000 / 2
+
 
 def _deliveries(settings: Settings) -> Deliveries:
     # Not autocommit: a delivery holds its row lock in a transaction while the email is sent (which is why
     # DB_IDLE_IN_TRANSACTION_TIMEOUT_MS must exceed EMAIL's time limit).
     engine = engine_for(settings, pool_size=settings.db_pool_size_for("mailer"))
     sender = Sender(settings.mail_from_address, settings.mail_from_name)
-    return Deliveries(engine=engine, transport=make_transport(settings), sender=sender)
+    limiter = RateLimiter("smtp", settings.smtp_rate_limit, settings=settings, max_wait_s=SMTP_MAX_WAIT_S)
+    return Deliveries(engine=engine, transport=make_transport(settings), sender=sender, limiter=limiter)
 
 
 #: This process's engine, transport and deliveries; the worker's boot calls ``configure(settings)``.

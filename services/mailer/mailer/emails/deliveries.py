@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from antrian.db.engine import retry_on_disconnect
 from antrian.db.models import EmailDelivery, EmailResend
+from antrian.rate_limit import RateLimiter
 from mailer.emails.bookings import BookingDetails, load_booking
 from mailer.emails.metrics import SMTP_SEND_SECONDS
 from mailer.emails.render import CANCELLATION, ETICKET, INVOICE, Sender, message_id_for, render, resend_message_id
@@ -50,12 +51,16 @@ class Deliveries:
       engine: the database, with transactions (not autocommit): the lock lasts while sending.
       transport: where the emails go.
       sender: the From address, whose domain also ends every Message-ID.
+      limiter: gives a token right before each send (``SMTP_RATE_LIMIT``); a throttled email waits for it inside
+        its job (holding its delivery row's lock, as while sending), which costs no attempt.
     """
 
-    def __init__(self, *, engine: Engine, transport: Transport, sender: Sender) -> None:
+    def __init__(self, *, engine: Engine, transport: Transport, sender: Sender,
+                 limiter: RateLimiter | None = None) -> None:
         self.engine = engine
         self.transport = transport
         self.sender = sender
+        self.limiter = limiter
 
     def deliver(self, booking_id: int, kind: str, *, final_attempt: bool) -> str:
         """Send the booking's email of ``kind`` unless it was sent already: ``"sent"`` or ``"duplicate"``.
@@ -204,6 +209,8 @@ class Deliveries:
 
     def _send(self, booking: BookingDetails, kind: str, message_id: str) -> None:
         message = render(kind, booking, self.sender, message_id=message_id)
+        if self.limiter is not None:
+            self.limiter.acquire()
         started = time.perf_counter()
         self.transport.send(message, name=f"{kind}-{booking.code}")
         SMTP_SEND_SECONDS.labels(kind).observe(time.perf_counter() - started)

@@ -16,8 +16,10 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from antrian.amqp.publisher import ConfirmedPublisher
 from antrian.config import Settings
 from antrian.db.engine import engine_for, is_disconnect
+from antrian.errors import RateLimitUnavailable
 from antrian.jobs.failed_jobs import RETRIED_FROM
 from antrian.messages import FAN_OUT_SYNC_RUN, SYNC_QUEUE, SYNC_STUDENT_PAYMENT
+from antrian.rate_limit import RateLimiter
 from antrian.runtime.per_process import PerProcess
 from sync_api.sync import fanout
 from sync_api.sync.errors import StudentSyncFailed, TransientUpstreamError
@@ -26,6 +28,10 @@ from sync_api.sync.student_sync import FIRST, RETRIED, StudentSync
 from sync_api.sync.upstream import SchoolApi
 
 logger = logging.getLogger(__name__)
+
+#: The longest a student's job waits for an ``UPSTREAM_RATE_LIMIT`` token: a third of its time limit, so that the
+#: request itself (``UPSTREAM_TIMEOUT_S``) still fits. Past it the job is retried (RateLimitUnavailable).
+UPSTREAM_MAX_WAIT_S = STUDENT.time_limit_ms / 1000 / 3
 
 
 @dataclass
@@ -41,6 +47,8 @@ def _make_runtime(settings: Settings) -> _Runtime:
         base_url=settings.require("upstream_base_url"),
         token=settings.upstream_token,
         timeout_s=settings.upstream_timeout_s,
+        limiter=RateLimiter("upstream", settings.upstream_rate_limit, settings=settings,
+                            max_wait_s=UPSTREAM_MAX_WAIT_S),
     )
     return _Runtime(settings=settings, student_sync=StudentSync(engine=engine, school_api=school_api))
 
@@ -72,6 +80,10 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
                                 from_=from_)
         raise
     except StudentSyncFailed:
+        raise
+    except RateLimitUnavailable:
+        # No token of UPSTREAM_RATE_LIMIT (its database away, or the limit far behind): nothing was asked of the
+        # school API and it is not the student's failure; retried as a database outage is.
         raise
     except Exception as exc:
         if is_disconnect(exc):

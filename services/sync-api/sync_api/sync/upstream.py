@@ -10,6 +10,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from antrian.rate_limit import RateLimiter
 from sync_api.sync import metrics as worker_metrics
 from sync_api.sync.errors import PermanentUpstreamError, TransientUpstreamError
 
@@ -24,12 +25,16 @@ class SchoolApi:
       base_url(str): the school API's root, without a trailing slash.
       token(str | None): sent as ``Authorization: Bearer ...`` when set.
       timeout_s(float): per request.
+      limiter(RateLimiter | None): gives a token right before each request (``UPSTREAM_RATE_LIMIT``); a throttled
+        call waits for it inside the job, which costs no attempt.
     """
 
-    def __init__(self, *, base_url: str, token: str | None, timeout_s: float) -> None:
+    def __init__(self, *, base_url: str, token: str | None, timeout_s: float,
+                 limiter: RateLimiter | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
+        self.limiter = limiter
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
@@ -52,11 +57,17 @@ class SchoolApi:
         return session
 
     def fetch_pembayaran(self, idperson: int) -> Any:
-        """Return the student's ``data``, or raise a Transient/PermanentUpstreamError saying why."""
+        """Return the student's ``data``, or raise a Transient/PermanentUpstreamError saying why.
+
+        Raises RateLimitUnavailable when the rate limit gives no token (nothing was sent).
+        """
         url = f"{self.base_url}/siswa/{idperson}/pembayaran"
+        session = self._session()
+        if self.limiter is not None:
+            self.limiter.acquire()
         started = time.perf_counter()
         try:
-            response = self._session().get(url, timeout=self.timeout_s)
+            response = session.get(url, timeout=self.timeout_s)
         except requests.exceptions.SSLError as exc:
             worker_metrics.observe_upstream("tls_error", time.perf_counter() - started)
             raise PermanentUpstreamError(f"TLS error: {_first_line(exc)}") from None
