@@ -70,7 +70,7 @@ def engine(infrastructure) -> Iterator[Engine]:
 TABLES = (
     "students", "sync_runs", "sync_items", "tours", "bookings", "payments", "outbox", "email_deliveries",
     "scheduled_task_runs", "failed_jobs", "failed_job_actions",
-    "idempotency_keys", "message_wait_counts",
+    "idempotency_keys", "message_wait_counts", "paused_queues", "rate_limits",
 )
 
 

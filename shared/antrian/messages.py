@@ -69,3 +69,6 @@ EXPIRE_UNPAID_BOOKINGS = Contract(BOOKING_EXPIRY_QUEUE, "expire_unpaid_bookings"
 RECONCILE_PAYMENTS = Contract(BOOKING_EXPIRY_QUEUE, "reconcile_payments")
 #: ``prune_failed_jobs()``: delete failed jobs older than ``FAILED_JOBS_RETENTION_DAYS``.
 PRUNE_FAILED_JOBS = Contract(BOOKING_EXPIRY_QUEUE, "prune_failed_jobs")
+
+#: Every queue of SPEC.
+QUEUES = (SYNC_QUEUE, EMAILS_QUEUE, BOOKING_EXPIRY_QUEUE)

@@ -146,5 +146,6 @@ def test_queues_fall_back_to_amqp_counts_without_the_management_api(clean, start
         "name": "emails", "ready": 1, "unacknowledged": None, "delayed": None, "dead_lettered": 0, "consumers": 0,
         "publish_rate": None, "ack_rate": None, "source": "amqp",
         "wait_p50_seconds": None, "wait_p95_seconds": None, "wait_messages": 0,  # no message started yet
+        "paused": False, "paused_at": None, "paused_by": None,
     }
     assert items["booking-expiry"]["dead_lettered"] == 1

@@ -89,7 +89,7 @@ def test_antrian_queues_shows_a_table_per_queue(clean):
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split() == ["QUEUE", "READY", "UNACKED", "DELAYED", "FAILED", "CONSUMERS", "IN/S", "OUT/S",
-                              "WAIT-P50", "WAIT-P95"]
+                              "WAIT-P50", "WAIT-P95", "STATE"]
     emails = next(row.split() for row in rows if row.startswith("emails"))
     assert emails[4] == "1"
     # Without the management API: what AMQP can tell, and a note saying what is missing

@@ -12,8 +12,9 @@ import click
 
 from antrian.db import engine as db
 from antrian.errors import InvalidInput
-from antrian.jobs import failed_jobs
+from antrian.jobs import failed_jobs, pauses
 from antrian.jobs.queue_stats import SPEC_QUEUES
+from antrian.runtime.pauses import POLL_INTERVAL_S
 from antrian.runtime.startup import guarded, settings_or_exit
 
 #: Characters of an exception shown per line of ``antrian jobs failed``.
@@ -131,14 +132,18 @@ def flush(queue: str | None, older_than: str | None) -> None:
     click.echo(f"flushed {_failed_jobs(count)}")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--watch", type=click.FloatRange(min=0.5), metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C.")
-def queues(watch: float | None) -> None:
-    """Each queue's ready, unacknowledged, delayed and failed messages, its consumers, rates and waits.
+@click.pass_context
+def queues(context: click.Context, watch: float | None) -> None:
+    """Each queue's ready, unacknowledged, delayed and failed messages, its consumers, rates and waits; or pause
+    and resume one.
 
     WAIT-P50 and WAIT-P95: the median and 95th percentile of how long the messages that started in the last
-    5 minutes waited for a worker (``-`` when none did).
+    5 minutes waited for a worker (``-`` when none did). STATE: ``paused`` while an operator has paused it.
     """
+    if context.invoked_subcommand is not None:
+        return
     from antrian.jobs import queue_stats
     settings = settings_or_exit("antrian queues", broker=False)
     engine = db.engine_for(settings)
@@ -146,10 +151,11 @@ def queues(watch: float | None) -> None:
     def table() -> None:
         stats = guarded("antrian queues", lambda: queue_stats.collect(settings, engine))
         rows = [(s.name, _n(s.ready), _n(s.unacknowledged), _n(s.delayed), str(s.dead_lettered), _n(s.consumers),
-                 _n(s.publish_rate), _n(s.ack_rate), _wait(s.wait_p50_seconds), _wait(s.wait_p95_seconds))
+                 _n(s.publish_rate), _n(s.ack_rate), _wait(s.wait_p50_seconds), _wait(s.wait_p95_seconds),
+                 "paused" if s.paused else "running")
                 for s in stats]
         _table(("QUEUE", "READY", "UNACKED", "DELAYED", "FAILED", "CONSUMERS", "IN/S", "OUT/S", "WAIT-P50",
-                "WAIT-P95"), rows)
+                "WAIT-P95", "STATE"), rows)
         if stats and stats[0].source == "amqp":
             click.echo("(RabbitMQ's management API is unreachable: no unacknowledged counts, delays or rates)")
 
@@ -164,6 +170,28 @@ def queues(watch: float | None) -> None:
             time.sleep(watch)
     except KeyboardInterrupt:
         pass
+
+
+@queues.command("pause")
+@click.argument("queue", type=click.Choice(SPEC_QUEUES), metavar="QUEUE")
+def queues_pause(queue: str) -> None:
+    """Stop every worker on every host from taking QUEUE's messages (within seconds); they stay queued."""
+    settings = settings_or_exit("antrian queues pause", broker=False)
+    engine = db.engine_for(settings)
+    pause = guarded("antrian queues pause", lambda: pauses.pause(engine, queue, source="cli"))
+    click.echo(f"{queue} paused since {pause.paused_at:%Y-%m-%d %H:%M:%S %Z} (from {pause.paused_by}); "
+               f"workers stop taking its messages within {POLL_INTERVAL_S:g}s; `antrian queues resume {queue}` "
+               "lets them go on")
+
+
+@queues.command("resume")
+@click.argument("queue", type=click.Choice(SPEC_QUEUES), metavar="QUEUE")
+def queues_resume(queue: str) -> None:
+    """Let the workers take QUEUE's messages again."""
+    settings = settings_or_exit("antrian queues resume", broker=False)
+    engine = db.engine_for(settings)
+    resumed = guarded("antrian queues resume", lambda: pauses.resume(engine, queue, source="cli"))
+    click.echo(f"{queue} resumed" if resumed else f"{queue} was not paused")
 
 
 def _or_exit(program: str, work: Callable[[], T]) -> T:

@@ -333,3 +333,14 @@ class RateLimit(Base):
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     tat: Mapped[datetime]
 
+
+class PausedQueue(Base):
+    """A queue an operator paused: while the row exists no worker takes its messages (:mod:`antrian.jobs.pauses`);
+    deleting it resumes the queue. Its delay queue keeps moving due messages back onto it."""
+
+    __tablename__ = "paused_queues"
+
+    queue_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    #: ``api``, ``admin`` or ``cli``.
+    paused_by: Mapped[str] = mapped_column(Text)

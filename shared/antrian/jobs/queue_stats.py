@@ -21,11 +21,11 @@ from sqlalchemy import Engine
 from antrian.amqp.connection import connection_parameters, redact
 from antrian.config import Settings
 from antrian.errors import DependencyUnavailable
-from antrian.jobs import failed_jobs, waits
-from antrian.messages import BOOKING_EXPIRY_QUEUE, EMAILS_QUEUE, SYNC_QUEUE
+from antrian.jobs import failed_jobs, pauses, waits
+from antrian.messages import QUEUES
 
 #: Every queue of SPEC, always listed (even before a worker declared it).
-SPEC_QUEUES = (SYNC_QUEUE, EMAILS_QUEUE, BOOKING_EXPIRY_QUEUE)
+SPEC_QUEUES = QUEUES
 MANAGEMENT_PORT = 15672
 MANAGEMENT_TIMEOUT_S = 3.0
 
@@ -56,6 +56,10 @@ class QueueStats:
     wait_p50_seconds: float | None = None
     wait_p95_seconds: float | None = None
     wait_messages: int = 0
+    #: Paused by an operator (:mod:`antrian.jobs.pauses`): since when (ISO 8601) and from where.
+    paused: bool = False
+    paused_at: str | None = None
+    paused_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,22 +82,28 @@ def collect(settings: Settings, engine: Engine) -> list[QueueStats]:
         for queue, _actor, count in failed_jobs.counts(connection):
             stored[queue] += count
         waited = waits.summaries(connection)
+        paused = pauses.paused(connection)
     names = sorted(set(SPEC_QUEUES) | set(stored))
     try:
         raw = _from_management(settings)
     except requests.RequestException:
         by_amqp = _from_amqp(settings.broker_url, names, stored)
-        return [_with_waits(by_amqp[name], waited) for name in names]
+        return [_with_stored(by_amqp[name], waited, paused) for name in names]
     names = sorted(set(names) | {n for n in raw if not n.endswith((".DQ", ".XQ"))})
-    return [_with_waits(_fold(name, raw, stored[name]), waited) for name in names]
+    return [_with_stored(_fold(name, raw, stored[name]), waited, paused) for name in names]
 
 
-def _with_waits(stats: QueueStats, waited: dict[str, waits.WaitSummary]) -> QueueStats:
-    summary = waited.get(stats.name)
-    if summary is None:
-        return stats
-    return replace(stats, wait_p50_seconds=summary.p50_seconds, wait_p95_seconds=summary.p95_seconds,
-                   wait_messages=summary.messages)
+def _with_stored(
+    stats: QueueStats, waited: dict[str, waits.WaitSummary], paused: dict[str, pauses.Pause]
+) -> QueueStats:
+    """``stats`` with what PostgreSQL knows of the queue: its waits and its pause."""
+    summary, pause = waited.get(stats.name), paused.get(stats.name)
+    if summary is not None:
+        stats = replace(stats, wait_p50_seconds=summary.p50_seconds, wait_p95_seconds=summary.p95_seconds,
+                        wait_messages=summary.messages)
+    if pause is not None:
+        stats = replace(stats, paused=True, paused_at=pause.paused_at.isoformat(), paused_by=pause.paused_by)
+    return stats
 
 
 def _from_management(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq
@@ -10,6 +11,7 @@ from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
 
 from antrian.amqp.broker import FailFastRabbitmqBroker
 from antrian.amqp.connection import with_timeouts
+from antrian.amqp.pausable import PausableRabbitmqBroker, never
 from antrian.config import Settings
 from antrian.jobs.keep_failed import KeepFailedJobs
 from antrian.runtime import heartbeat
@@ -32,7 +34,8 @@ class Heartbeat(Middleware):
 
 
 def make_broker(
-    settings: Settings, *, extra_middleware: list[Middleware] | None = None, fail_fast: bool = True
+    settings: Settings, *, extra_middleware: list[Middleware] | None = None, fail_fast: bool = True,
+    is_paused: Callable[[str], bool] = never,
 ) -> RabbitmqBroker:
     """Build the broker every antrian process uses and make it Dramatiq's global broker.
 
@@ -43,7 +46,8 @@ def make_broker(
     :class:`antrian.errors.BrokerBlocked` after a few seconds (:mod:`antrian.amqp.broker`), so that a request
     answers 503 instead of hanging. Workers pass False: their sends are Dramatiq's retries, and a retry that
     failed would be lost (Dramatiq acks the original whatever its Retries middleware met), so a worker's
-    send waits the alarm out instead; its heartbeat still notices a dead connection.
+    send waits the alarm out instead; its heartbeat still notices a dead connection. A worker's consumers stop
+    taking the messages of a queue for which ``is_paused`` says so (:mod:`antrian.amqp.pausable`).
     """
     middleware = [factory() for factory in default_middleware]
     # First, so that its after-hooks run last: after Retries has given up, after TimeLimit stopped its timer.
@@ -58,8 +62,9 @@ def make_broker(
             url=with_timeouts(settings.broker_url), confirm_delivery=True, middleware=middleware
         )
     else:
-        broker = RabbitmqBroker(
-            url=with_timeouts(settings.broker_url, blocked_s=None), confirm_delivery=True, middleware=middleware
+        broker = PausableRabbitmqBroker(
+            url=with_timeouts(settings.broker_url, blocked_s=None), confirm_delivery=True, middleware=middleware,
+            is_paused=is_paused,
         )
     dramatiq.set_broker(broker)
     return broker

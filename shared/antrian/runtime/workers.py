@@ -20,6 +20,7 @@ from antrian.logging import configure_logging
 from antrian.metrics import prepare_multiprocess_dir
 from antrian.runtime import heartbeat
 from antrian.runtime.broker import make_broker
+from antrian.runtime.pauses import HonourPauses
 from antrian.runtime.startup import settings_or_exit
 from antrian.runtime.wait_time import MeasureWait
 
@@ -58,7 +59,8 @@ def exec_worker(
 
 
 def boot(service: str, actors: str, *, middleware: Sequence[Middleware] = ()) -> RabbitmqBroker:
-    """Set up one worker process: settings, JSON logs, the broker (with Prometheus and the wait time), then the actors.
+    """Set up one worker process: settings, JSON logs, the broker (with Prometheus, paused queues and the wait time),
+    then the actors.
 
     Parameters:
       service(str): the deployable's name, in every log line.
@@ -70,8 +72,10 @@ def boot(service: str, actors: str, *, middleware: Sequence[Middleware] = ()) ->
 
     settings = load_settings()
     configure_logging(service, settings.log_level)
+    pauses = HonourPauses(settings)  # before MeasureWait: a message given back has not waited its last yet
     waits = MeasureWait(settings)  # every message's wait, for the histogram and /api/queues
-    broker = make_broker(settings, extra_middleware=[Prometheus(), waits, *middleware], fail_fast=False)
+    broker = make_broker(settings, extra_middleware=[Prometheus(), pauses, waits, *middleware], fail_fast=False,
+                         is_paused=pauses.is_paused)
     importlib.import_module(actors).configure(settings)  # the actors bind to the broker made just above
     return broker
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from antrian.errors import InvalidInput
-from antrian.jobs import failed_jobs, queue_stats
+from antrian.jobs import failed_jobs, pauses, queue_stats
 from sync_api.jobs.schemas import (
     FailedJob,
     FailedJobs,
@@ -15,6 +15,7 @@ from sync_api.jobs.schemas import (
     Forgotten,
     OfQueue,
     QueueChoice,
+    QueuePause,
     Queues,
     Retried,
 )
@@ -123,6 +124,24 @@ def flush():
 @bp.get("/queues")
 @documented(tags=("jobs",), ok={"HTTP_200": Queues})
 def queues():
-    """Each queue's ready, unacknowledged, delayed and dead-lettered messages."""
+    """Each queue's ready, unacknowledged, delayed and dead-lettered messages, its waits and whether it is paused."""
     stats = queue_stats.collect(current_app.config["ANTRIAN"], get_engine())
     return jsonify({"items": [s.as_dict() for s in stats], "total": len(stats)})
+
+
+@bp.post("/queues/<name>/pause")
+@documented(tags=("jobs",), ok={"HTTP_200": QueuePause}, errors=(404,))
+def pause(name: str):
+    """Stop every worker on every host from taking the queue's messages (within seconds); they stay queued.
+
+    Messages already running finish; a paused queue stays paused across restarts. Pausing it again changes nothing.
+    """
+    return jsonify(pauses.pause(get_engine(), name, source=_source()).as_dict())
+
+
+@bp.post("/queues/<name>/resume")
+@documented(tags=("jobs",), ok={"HTTP_200": QueuePause}, errors=(404,))
+def resume(name: str):
+    """Let the workers take the queue's messages again. Resuming a queue that runs changes nothing."""
+    pauses.resume(get_engine(), name, source=_source())
+    return jsonify(pauses.state(get_engine(), name))

@@ -94,7 +94,19 @@ class QueueState(BaseModel):
     )
     wait_p95_seconds: float | None = Field(description="95th percentile of the same waits; null when none")
     wait_messages: int = Field(description="messages that started processing in the last 5 minutes")
+    paused: bool = Field(description="an operator paused the queue: no worker takes its messages")
+    paused_at: str | None = Field(description="when it was paused (ISO 8601); null while it runs")
+    paused_by: str | None = Field(description="where the pause was asked (`api`, `admin`, `cli`); null while it runs")
 
 
 class Queues(Page[QueueState]):
     pass
+
+
+class QueuePause(BaseModel):
+    """A queue's pause after ``pause`` or ``resume``."""
+
+    name: str
+    paused: bool
+    paused_at: str | None
+    paused_by: str | None

@@ -104,7 +104,8 @@ def _sync_run(run: dict | None):
 
 
 class QueueStatsCollector:
-    """Each queue's ready, unacknowledged and delayed messages and its consumers (RabbitMQ's management API)."""
+    """Each queue's ready, unacknowledged and delayed messages, its consumers (RabbitMQ's management API) and
+    whether it is paused (PostgreSQL)."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings, self.engine = settings, engine
@@ -119,6 +120,8 @@ class QueueStatsCollector:
                                      labels=["queue", "state"])
         consumers = GaugeMetricFamily("antrian_queue_consumers", "Consumers (worker channels) of a queue.",
                                       labels=["queue"])
+        paused = GaugeMetricFamily("antrian_queue_paused", "1 while an operator has paused the queue.",
+                                   labels=["queue"])
         for queue in stats:
             for state in ("ready", "unacknowledged", "delayed"):
                 value = getattr(queue, state)
@@ -126,5 +129,7 @@ class QueueStatsCollector:
                     messages.add_metric([queue.name, state], value)
             if queue.consumers is not None:
                 consumers.add_metric([queue.name], queue.consumers)
+            paused.add_metric([queue.name], 1 if queue.paused else 0)
         yield messages
         yield consumers
+        yield paused
