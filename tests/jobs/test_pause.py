@@ -168,6 +168,7 @@ def test_a_worker_takes_nothing_before_its_first_read_and_keeps_the_last_set_whi
     assert honour.is_paused("emails.DQ"), "a delay queue's messages belong to their queue"
 
     # PostgreSQL away: the last set read stands (a pause is not lifted by an outage)
+    honour.engine().dispose()
     honour._engine = None
     honour.settings = replace(settings, database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
     assert honour.refresh() is False

@@ -1,4 +1,4 @@
-"""``/admin/``: token login, the student payment sync page with its live progress, and the jobs page."""
+"""``/admin/``: token login, the student payment sync page with its live progress, the jobs page, the bookings page."""
 
 from __future__ import annotations
 
@@ -59,6 +59,15 @@ def jobs_page():
     if not auth.is_authenticated():
         return redirect(url_for("admin.login", next=request.path))
     return render_template("jobs.html", queues=queue_stats.SPEC_QUEUES)
+
+
+@bp.get("/bookings")
+def bookings_page():
+    """A booking found by its code, with its emails and a Resend button for each kind; its scripts call
+    ``/api/bookings`` with the session."""
+    if not auth.is_authenticated():
+        return redirect(url_for("admin.login", next=request.path))
+    return render_template("bookings.html")
 
 
 @bp.get("/sync-pembayaran/progress")

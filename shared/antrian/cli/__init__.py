@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from antrian.cli import demo
+from antrian.cli.bookings import bookings
 from antrian.cli.jobs import jobs, queues
 from antrian.cli.runs import sync_cancel, sync_list, sync_resume
 from antrian.config import Settings
@@ -32,6 +33,7 @@ def main() -> None:
 
 main.add_command(jobs)
 main.add_command(queues)
+main.add_command(bookings)
 
 
 @main.command()

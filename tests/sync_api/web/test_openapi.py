@@ -15,8 +15,8 @@ from tests.sync_api.web.conftest import AUTH
 
 pytestmark = pytest.mark.fast
 
-#: Routes outside the document: its own two, the login form's and Flask's static files.
-UNDOCUMENTED = {"/api/openapi.json", "/api/docs", "/admin/login", "/admin/logout", "/admin/jobs",
+#: Routes outside the document: its own two, the login form's, the script-driven admin pages and Flask's static files.
+UNDOCUMENTED = {"/api/openapi.json", "/api/docs", "/admin/login", "/admin/logout", "/admin/jobs", "/admin/bookings",
                 "/static/<path:filename>"}
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import Connection
 
+from antrian.bookings import emails, records
 from sync_api.bookings import booking as bookings
-from sync_api.bookings import emails, idempotency
+from sync_api.bookings import idempotency
 from sync_api.bookings.metrics import BOOKINGS_CREATED
 from sync_api.bookings.schemas import (
     Booking,
@@ -83,9 +84,9 @@ def create_booking(json: NewBooking):
 @documented(tags=("bookings",), ok={"HTTP_200": Booking}, errors=(404,))
 def show_booking(booking_id: int):
     """One booking, with the emails it was sent (each kind's, and every resend) and when."""
-    booking = bookings.get_booking(get_engine(), booking_id)
+    booking = records.get_booking(get_engine(), booking_id)
     if booking is None:
-        raise bookings.BookingNotFound(booking_id)
+        raise records.BookingNotFound(booking_id)
     return jsonify({**booking, "emails": emails.history(get_engine(), booking_id)})
 
 
@@ -93,7 +94,7 @@ def show_booking(booking_id: int):
 @documented(tags=("bookings",), query=BookingsQuery, ok={"HTTP_200": Bookings}, errors=(400,))
 def find_bookings(query: BookingsQuery):
     """Bookings newest first; with ``?code=``, the booking with that code (an empty list when none has it)."""
-    items, total = emails.find_by_code(get_engine(), query.code, limit=query.limit, offset=query.offset)
+    items, total = records.find_by_code(get_engine(), query.code, limit=query.limit, offset=query.offset)
     return jsonify({"items": items, "total": total})
 
 

@@ -11,8 +11,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from antrian.bookings.records import BookingNotFound as BookingNotFound  # re-exported: it moved to shared/
+from antrian.bookings.records import booking_json, money
 from antrian.db.engine import is_lock_timeout
-from antrian.db.models import Booking, Tour
+from antrian.db.models import Tour
 from antrian.errors import AntrianError, Conflict, NotFound, TourBusy
 from antrian.messages import SEND_INVOICE_EMAIL
 
@@ -27,13 +29,6 @@ class TourNotFound(NotFound):
 
     def __init__(self, tour_id: int) -> None:
         super().__init__(f"tour {tour_id} not found")
-
-
-class BookingNotFound(NotFound):
-    """Raised when a booking is asked for that does not exist."""
-
-    def __init__(self, booking_id: int) -> None:
-        super().__init__(f"booking {booking_id} not found")
 
 
 class NotEnoughSeats(Conflict):
@@ -52,11 +47,6 @@ def new_code() -> str:
     return "-".join(groups)
 
 
-def money(value: Decimal) -> str:
-    """Amounts leave the API as strings with two decimals, exactly as the payment gateway writes them."""
-    return f"{value:.2f}"
-
-
 def tour_json(tour) -> dict[str, Any]:
     return {
         "id": tour.id,
@@ -67,27 +57,7 @@ def tour_json(tour) -> dict[str, Any]:
     }
 
 
-def booking_json(booking) -> dict[str, Any]:
-    return {
-        "id": booking.id,
-        "code": booking.code,
-        "tour_id": booking.tour_id,
-        "customer_name": booking.customer_name,
-        "customer_email": booking.customer_email,
-        "quantity": booking.quantity,
-        "total_amount": money(booking.total_amount),
-        "status": booking.status,
-        "created_at": booking.created_at.isoformat(),
-        "expires_at": booking.expires_at.isoformat(),
-        "paid_at": booking.paid_at.isoformat() if booking.paid_at else None,
-    }
-
-
 TOUR_COLUMNS = (Tour.id, Tour.name, Tour.quota, Tour.price, Tour.starts_at)
-BOOKING_COLUMNS = tuple(getattr(Booking, name) for name in (
-    "id", "code", "tour_id", "customer_name", "customer_email", "quantity", "total_amount", "status",
-    "created_at", "expires_at", "paid_at",
-))
 
 
 def create_tour(engine: Engine, *, name: str, quota: int, price: Decimal, starts_at: datetime) -> dict[str, Any]:
@@ -173,9 +143,3 @@ def create_booking(
 def _constraint(exc: IntegrityError) -> str | None:
     diag = getattr(exc.orig, "diag", None)
     return getattr(diag, "constraint_name", None)
-
-
-def get_booking(engine: Engine, booking_id: int) -> dict[str, Any] | None:
-    with engine.connect() as connection:
-        booking = connection.execute(select(*BOOKING_COLUMNS).where(Booking.id == booking_id)).one_or_none()
-    return None if booking is None else booking_json(booking)

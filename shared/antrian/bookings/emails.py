@@ -5,19 +5,20 @@ transaction: the message leaves only if the resend was recorded, and the mailer 
 (its row is locked while sending and marked ``sent`` before the ack), however often the message is delivered.
 The ``email_deliveries`` row of the booking and kind, which keeps the normal emails to one each, is only read.
 The resend row is also the audit record of the operator's action (``source``, ``requested_at``).
+sync-api's routes and the ``antrian bookings`` command both call these.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, insert, select
 
 from antrian.bookings import outbox
+from antrian.bookings.records import BookingNotFound
 from antrian.db.models import Booking, EmailDelivery, EmailResend
 from antrian.errors import Conflict
 from antrian.messages import RESEND_BOOKING_EMAIL
-from sync_api.bookings.booking import BOOKING_COLUMNS, BookingNotFound, booking_json
 
 #: The kinds of email a booking gets (``email_deliveries.kind``).
 KINDS = ("invoice", "eticket", "cancellation")
@@ -61,22 +62,12 @@ def emails_json(deliveries: Any, resends: Any) -> list[dict[str, Any]]:
     return items
 
 
-def find_by_code(engine: Engine, code: str | None, *, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Bookings with this code (at most one; ignoring case and spaces around it), or every booking newest first."""
-    where = [] if code is None else [Booking.code == code.strip().upper()]
-    with engine.connect() as connection:
-        total = connection.execute(select(func.count()).select_from(Booking).where(*where)).scalar_one()
-        rows = connection.execute(
-            select(*BOOKING_COLUMNS).where(*where).order_by(Booking.id.desc()).limit(limit).offset(offset)
-        ).all()
-    return [booking_json(row) for row in rows], total
-
-
 def resend(engine: Engine, booking_id: int, kind: str, *, source: str) -> dict[str, Any]:
     """Record a resend of the booking's ``kind`` email and queue it through the outbox, in one transaction.
 
-    Raises BookingNotFound, or NothingToResend when that email was never sent or the booking has moved on
-    (an e-ticket of a booking no longer paid, an invoice of one no longer pending).
+    ``source`` says who asked: ``api``, ``admin`` or ``cli``. Raises BookingNotFound, or NothingToResend when
+    that email was never sent or the booking has moved on (an e-ticket of a booking no longer paid, an invoice
+    of one no longer pending).
     """
     with engine.begin() as connection:
         # The booking's row lock: a payment or an expiry changing its status waits for this resend's commit.
