@@ -7,7 +7,7 @@ TEST_PROCESSES ?= 3
 SERVICES := -e shared -e services/sync-api -e services/mailer -e services/booking-expiry
 
 .DEFAULT_GOAL := help
-.PHONY: help install services run check test test-fast bench soak clean
+.PHONY: help install services run check test test-fast test-cluster bench soak clean cluster-up cluster-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,12 @@ services: ## Start PostgreSQL and RabbitMQ here when they are down
 run: install services ## Migrate, then run every service in the foreground (Ctrl-C stops them all)
 	$(BIN)/python dev/run.py
 
+cluster-up: ## Start a 3-node RabbitMQ cluster here (q1-q3@localhost, AMQP 5681-5683) and print its BROKER_URL
+	@scripts/rabbitmq-cluster.sh start
+
+cluster-down: ## Stop the 3-node RabbitMQ cluster and remove its data
+	@scripts/rabbitmq-cluster.sh stop
+
 check: install ## Lint, the import contracts (.importlinter) and the type checker (mypy.ini: strict on shared/)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
@@ -36,8 +42,11 @@ test-fast: check ## The fast tier while editing (under a minute): the checks, th
 test: check services ## Install what the tests need and run them all: the checks, every test, then the restarts
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-promtool.sh
-	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not restarts"
+	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not restarts and not cluster"
 	$(BIN)/pytest -m restarts
+
+test-cluster: check services ## The cluster tier: tests on 3-node RabbitMQ clusters of their own (tests/cluster/)
+	$(BIN)/pytest -n $(TEST_PROCESSES) -m cluster
 
 bench: install services ## Run the benchmarks under bench/ and print their figures
 	@scripts/ensure-load-tools.sh

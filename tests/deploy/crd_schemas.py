@@ -8,8 +8,12 @@ back: a field of the manifest that did not come back out is one the CRD does not
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pydantic
 from cloudcoil.models.keda import v1alpha1 as keda
 from cloudcoil.models.prometheus_operator import v1 as monitoring
@@ -22,8 +26,14 @@ MODELS: dict[tuple[str, str], type[pydantic.BaseModel]] = {
     ("monitoring.coreos.com/v1", "PodMonitor"): monitoring.PodMonitor,
     ("monitoring.coreos.com/v1", "PrometheusRule"): monitoring.PrometheusRule,
 }
+#: (apiVersion, kind) → the CRD's openAPIV3Schema stored in crds/ (JSON), for operators without a cloudcoil
+#: model: RabbitMQ's cluster operator (its "$comment" names the operator's commit it was taken from).
+SCHEMAS: dict[tuple[str, str], str] = {
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmq.com_rabbitmqclusters.v1beta1.json",
+}
+CRDS = Path(__file__).parent / "crds"
 #: The API groups whose objects are checked here rather than by kubernetes-validate.
-GROUPS = {api_version.split("/")[0] for api_version, _ in MODELS}
+GROUPS = {api_version.split("/")[0] for api_version, _ in [*MODELS, *SCHEMAS]}
 
 
 def knows(item: dict) -> bool:
@@ -34,9 +44,13 @@ def knows(item: dict) -> bool:
 
 def problems(item: dict) -> list[str]:
     """Why ``item`` does not match its CRD's schema; empty when it does."""
-    model = MODELS.get((item.get("apiVersion"), item.get("kind")))
+    key = (item.get("apiVersion"), item.get("kind"))
+    if key in SCHEMAS:
+        return _schema_problems(item, SCHEMAS[key])  # type: ignore[index]
+    model = MODELS.get(key)  # type: ignore[arg-type]
     if model is None:
-        return [f"no model for {item.get('apiVersion')} {item.get('kind')} (known: {sorted(MODELS)})"]
+        known = sorted([*MODELS, *SCHEMAS])
+        return [f"no model for {item.get('apiVersion')} {item.get('kind')} (known: {known})"]
     try:
         parsed = model.model_validate(item, strict=True)
     except pydantic.ValidationError as exc:
@@ -61,3 +75,37 @@ def _differences(given: Any, kept: Any, path: tuple) -> list[str]:
 
 def _path(location: tuple) -> str:
     return ".".join(str(part) for part in location) or "(the object)"
+
+
+def _schema_problems(item: dict, file: str) -> list[str]:
+    """``item`` against a stored openAPIV3Schema, strictly: a field the schema does not list is an error."""
+    body = {key: value for key, value in item.items() if key not in {"apiVersion", "kind", "metadata"}}
+    return [f"{_path(tuple(error.absolute_path))}: {error.message}"
+            for error in sorted(_validator(file).iter_errors(body), key=lambda error: list(error.absolute_path))]
+
+
+@functools.cache
+def _validator(file: str) -> jsonschema.Draft7Validator:
+    schema = json.loads((CRDS / file).read_text())
+    schema.pop("$comment", None)
+    properties = schema.get("properties", {})
+    # metadata is the API server's (checked by kubectl), as in the pydantic models
+    schema["properties"] = {key: value for key, value in properties.items() if key not in {"apiVersion", "kind",
+                                                                                             "metadata"}}
+    return jsonschema.Draft7Validator(_strict(schema))
+
+
+def _strict(node: Any) -> Any:
+    """The schema with ``additionalProperties: false`` wherever it lists properties and does not keep unknown
+    fields (as the API server prunes them), and ``x-kubernetes-int-or-string`` as an integer or a string."""
+    if isinstance(node, list):
+        return [_strict(one) for one in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _strict(value) for key, value in node.items()}
+    if node.get("x-kubernetes-int-or-string"):
+        node.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if ("properties" in node and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")):
+        node["additionalProperties"] = False
+    return node

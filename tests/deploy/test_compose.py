@@ -39,6 +39,9 @@ RABBITMQ_PROMETHEUS_PORT = 15692
 #: The data sources a dashboard may name: the variable, the provisioned uid, Grafana's own (annotations).
 DASHBOARD_DATASOURCES = ({"type": "prometheus", "uid": "${datasource}"}, {"type": "prometheus", "uid": "prometheus"},
                          {"type": "grafana", "uid": "-- Grafana --"})
+#: The profile `cluster`: three clustered RabbitMQ nodes beside the single `rabbitmq`, each with its data volume.
+CLUSTER_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+CLUSTER_VOLUMES = {f"{node}-data" for node in CLUSTER_NODES}
 #: An image pinned by an explicit version: a tag that starts with a version number, never `latest`.
 PINNED = re.compile(r"[a-z0-9./-]+:v?\d+(\.\d+)*(-[a-z0-9.-]+)?")
 
@@ -152,7 +155,7 @@ def test_every_file_compose_mounts_from_the_repository_exists(services):
     # Stateful services keep their data in named volumes, declared at the top level
     named = {volume.split(":")[0] for service in services.values() for volume in service.get("volumes", [])
              if not volume.startswith((".", "/"))}
-    assert named == {"postgres-data", "rabbitmq-data", "prometheus-data", "grafana-data"}
+    assert named == {"postgres-data", "rabbitmq-data", "prometheus-data", "grafana-data", *CLUSTER_VOLUMES}
     assert named <= set(yaml.safe_load(COMPOSE.read_text())["volumes"])
 
 
@@ -362,3 +365,50 @@ def datasource_references(node) -> list:
         for item in node:
             found.extend(datasource_references(item))
     return found
+
+
+def test_the_cluster_profile_runs_three_rabbitmq_nodes_that_find_each_other_by_name(services):
+    single = services["rabbitmq"]
+    assert "profiles" not in single, "`docker compose up` keeps its single node"
+    cookies = set()
+    for node in CLUSTER_NODES:
+        service = services[node]
+        assert service["profiles"] == ["cluster"], node
+        assert service["image"] == single["image"], "the same image as the single node"
+        assert service["hostname"] == node, "the node name rabbit@<hostname> is what cluster.conf lists"
+        assert service["environment"]["RABBITMQ_DEFAULT_USER"] == single["environment"]["RABBITMQ_DEFAULT_USER"]
+        assert service["environment"]["RABBITMQ_DEFAULT_PASS"] == single["environment"]["RABBITMQ_DEFAULT_PASS"]
+        assert "rabbitmq-diagnostics" in service["healthcheck"]["test"], node
+        assert f"{node}-data:/var/lib/rabbitmq" in service["volumes"], "its own data volume"
+        mounts = bind_mounts(service)
+        assert mounts["/etc/rabbitmq/enabled_plugins"] == bind_mounts(single)["/etc/rabbitmq/enabled_plugins"]
+        config, mode = mounts["/etc/rabbitmq/conf.d/20-cluster.conf"]
+        assert config == DEPLOY / "rabbitmq" / "cluster.conf" and mode == "ro", node
+        cookies.add(service["environment"]["RABBITMQ_ERLANG_COOKIE"])
+
+    # One cookie for all three, from the shell; its default says it is for development
+    [cookie] = cookies
+    assert INTERPOLATION.fullmatch(cookie)["name"] == "RABBITMQ_ERLANG_COOKIE"
+    assert interpolate(cookie, {}).startswith("dev-")
+    assert interpolate(cookie, {"RABBITMQ_ERLANG_COOKIE": "from-the-shell"}) == "from-the-shell"
+
+    # cluster.conf names exactly these three nodes, discovered by the classic config
+    settings = dict(line.split(" = ", 1) for line in (DEPLOY / "rabbitmq" / "cluster.conf").read_text().splitlines()
+                    if line.strip() and not line.startswith("#"))
+    assert settings["cluster_formation.peer_discovery_backend"] == "classic_config"
+    listed = {value for key, value in settings.items() if key.startswith("cluster_formation.classic_config.nodes.")}
+    assert listed == {f"rabbit@{node}" for node in CLUSTER_NODES}
+
+
+def test_the_antrian_services_reach_the_cluster_when_broker_url_names_its_nodes(services):
+    cluster_url = ";".join(f"amqp://antrian:antrian-dev@{node}:5672/" for node in CLUSTER_NODES)
+    for name, service in ours(services).items():
+        if "BROKER_URL" not in service.get("environment", {}):
+            continue
+        broker_url = service["environment"]["BROKER_URL"]
+        assert interpolate(broker_url, {}) == "amqp://antrian:antrian-dev@rabbitmq:5672/", name
+        assert interpolate(broker_url, {"BROKER_URL": cluster_url}) == cluster_url, name
+        load_settings({"BROKER_URL": cluster_url})  # antrian takes the ";"-separated nodes
+    header = COMPOSE.read_text().split("\nname:", 1)[0]
+    assert f"BROKER_URL='{cluster_url}'" in header and "docker compose --profile cluster up" in header, \
+        "the header shows how"

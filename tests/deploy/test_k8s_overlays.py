@@ -47,11 +47,16 @@ def resources(built: list[dict]) -> dict[tuple[str, str], dict]:
             for workload in workloads(built) for container in containers(workload)}
 
 
+#: What an overlay deploys beyond the base: prod's RabbitMQ cluster (RabbitMQ's cluster operator).
+OVERLAY_RESOURCES = {"prod": ["rabbitmq.yaml"]}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_overlay_deploys_what_the_base_has_into_its_own_namespace(overlay):
     built = build(overlay)
-    assert kustomization(overlay)["resources"] == ["../../base"]
-    assert sorted(map(unhashed, built)) == sorted(map(unhashed, build("base")))
+    assert kustomization(overlay)["resources"] == ["../../base", *OVERLAY_RESOURCES.get(overlay, {})]
+    added = [("RabbitmqCluster", "rabbitmq"), ("PodDisruptionBudget", "rabbitmq")] if overlay == "prod" else []
+    assert sorted(map(unhashed, built)) == sorted([*map(unhashed, build("base")), *added])
     assert {item["metadata"].get("namespace") for item in built} == {NAMESPACES[overlay]}
     assert not {item["kind"] for item in built} & CLUSTER_KINDS
 
@@ -115,3 +120,19 @@ def test_prod_runs_the_api_on_several_replicas_spread_over_nodes_and_lets_keda_s
         container = the_container(workload)
         base_container = the_container(find(base, workload["kind"], workload["metadata"]["name"]))
         assert {**container, "image": None, "envFrom": None} == {**base_container, "image": None, "envFrom": None}
+
+
+def test_prod_runs_rabbitmq_as_a_three_node_cluster_spread_over_nodes_that_brokers_url_names():
+    built = build("prod")
+    cluster = find(built, "RabbitmqCluster", "rabbitmq")
+    spec = cluster["spec"]
+    assert spec["replicas"] == 3
+    assert spec["resources"]["requests"]["memory"] == spec["resources"]["limits"]["memory"]
+    assert spec["persistence"]["storage"]
+    [rule] = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    # The operator labels its pods app.kubernetes.io/name=<the cluster's name>
+    assert rule == {"labelSelector": {"matchLabels": {NAME_LABEL: "rabbitmq"}}, "topologyKey": "kubernetes.io/hostname"}
+    budget = find(built, "PodDisruptionBudget", "rabbitmq")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {NAME_LABEL: "rabbitmq"}}}
+    # The operator's client Service is named after the cluster: BROKER_URL's host
+    assert config_map(built)["data"]["BROKER_URL"] == "amqp://rabbitmq.antrian.svc:5672/"

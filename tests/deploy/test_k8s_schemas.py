@@ -78,7 +78,26 @@ def test_a_custom_resource_of_an_unknown_version_or_kind_is_rejected_not_skipped
     assert "no model for monitoring.coreos.com/v1 Probe" in " ".join(schema_problems(unknown_kind))
     other_group = {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "x"}, "spec": {}}
     assert "no schema for cert-manager.io/v1 Certificate" in " ".join(schema_problems(other_group))
-    assert crd_schemas.GROUPS == {"keda.sh", "monitoring.coreos.com"}
+    assert crd_schemas.GROUPS == {"keda.sh", "monitoring.coreos.com", "rabbitmq.com"}
+    old_rabbitmq = {"apiVersion": "rabbitmq.com/v1", "kind": "RabbitmqCluster", "metadata": {"name": "x"}}
+    assert "no model for rabbitmq.com/v1 RabbitmqCluster" in " ".join(schema_problems(old_rabbitmq))
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda spec: _rename(spec, "replicas", "replica"), "spec: Additional properties are not allowed ('replica'"),
+    (lambda spec: spec.update(replicas="3"), "spec.replicas: '3' is not of type 'integer'"),
+    (lambda spec: _rename(spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0],
+                          "topologyKey", "topologykey"),
+     "spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution.0: Additional properties"),
+    (lambda spec: spec["override"]["statefulSet"]["spec"]["template"]["spec"].pop("containers"),
+     "spec.override.statefulSet.spec.template.spec: 'containers' is a required property"),
+])
+def test_a_rabbitmq_cluster_is_checked_against_the_operators_crd(change, expected):
+    item = find(build("prod"), "RabbitmqCluster", "rabbitmq")
+    assert schema_problems(item) == [], "the unbroken object is valid"
+    change(item["spec"])
+    problems = schema_problems(item)
+    assert any(problem.startswith(f"RabbitmqCluster/rabbitmq: {expected}") for problem in problems), problems
 
 
 @pytest.mark.parametrize(("kind", "name", "change", "expected"), [
