@@ -17,10 +17,10 @@ from __future__ import annotations
 import smtplib
 import time
 
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import Engine, text
 
 from antrian.amqp.publisher import ConfirmedPublisher
+from antrian.amqp.queue_types import TypedRabbitmqBroker
 from antrian.config import Settings
 from antrian.messages import EMAILS_QUEUE, SEND_INVOICE_EMAIL
 
@@ -152,7 +152,7 @@ def _mailer(engine: Engine, booking_ids: list[int], *, processes: int, threads: 
 
 def _declare_emails_queue() -> None:
     """Declare ``emails`` (with its delay and dead-letter queues) exactly as the mailer's Dramatiq broker does."""
-    broker = RabbitmqBroker(url=common.BROKER_URL, middleware=[])
+    broker = TypedRabbitmqBroker(url=common.BROKER_URL, middleware=[])  # QUEUE_TYPE's default: quorum
     try:
         broker.declare_queue(EMAILS_QUEUE, ensure=True)
     finally:

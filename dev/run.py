@@ -1,4 +1,5 @@
-"""``make run``: migrate, add demo data, then run every antrian service here in the foreground.
+"""``make run``: migrate (the database, and the queues to QUEUE_TYPE), add demo data, then run every antrian
+service here in the foreground.
 
 Like honcho or foreman: each child's output lines carry its name, Ctrl-C (or SIGTERM) stops them
 all, and when one child dies the others are stopped and this exits non-zero, naming it (unless it is
@@ -375,6 +376,9 @@ def main() -> int:
         say(f"SMTP_HOST and SMTP_PORT are unset: the development mail sink takes the mail at "
             f"{env['SMTP_HOST']}:{env['SMTP_PORT']}")
     if code := step("antrian", "migrate", env=env):
+        return code
+    # Nothing of antrian runs yet: queues left of another QUEUE_TYPE (an older antrian) are moved over, messages kept.
+    if code := step("antrian", "queues", "migrate", env=env):
         return code
     if dev.demo_data and (code := step("antrian", "seed-demo", "--if-empty", env=env)):
         return code

@@ -85,6 +85,12 @@ class Settings:
     upstream_rate_limit: float | None = None
     #: ``SMTP_RATE_LIMIT``: emails per second, across every mailer process; None: no limit.
     smtp_rate_limit: float | None = None
+    #: ``QUEUE_TYPE``: ``quorum`` (replicated on a RabbitMQ cluster, with a delivery limit) or ``classic``, for every
+    #: queue antrian declares (each queue, its ``.DQ`` and its ``.XQ``; :mod:`antrian.amqp.queue_types`).
+    queue_type: str = "quorum"
+    #: ``QUEUE_DELIVERY_LIMIT``: deliveries of one message (a worker killed while running it, a given-back message)
+    #: after which a quorum queue dead-letters it, so that it ends as a failed job instead of looping.
+    queue_delivery_limit: int = 10
     metrics_port: int | None = None
     port: int = 8000
     host: str = "0.0.0.0"
@@ -247,6 +253,8 @@ _PARSERS: dict[str, Any] = {
     "failed_jobs_retention_days": _positive_int,
     "upstream_rate_limit": _rate,
     "smtp_rate_limit": _rate,
+    "queue_type": _one_of("quorum", "classic"),
+    "queue_delivery_limit": _positive_int,
     "metrics_port": _port,
     "port": _port,
     "host": str.strip,

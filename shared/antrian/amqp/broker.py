@@ -16,13 +16,14 @@ from typing import Any
 import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from antrian.amqp.queue_types import TypedRabbitmqBroker
 from antrian.errors import BrokerBlocked
 
 
-class FailFastRabbitmqBroker(RabbitmqBroker):
-    """A :class:`dramatiq.brokers.rabbitmq.RabbitmqBroker` whose blocked publishes raise :class:`BrokerBlocked`.
+class FailFastRabbitmqBroker(TypedRabbitmqBroker):
+    """A :class:`~antrian.amqp.queue_types.TypedRabbitmqBroker` whose blocked publishes raise :class:`BrokerBlocked`.
 
-    Parameters: those of RabbitmqBroker. Give the URL a ``blocked_connection_timeout``
+    Parameters: those of TypedRabbitmqBroker. Give the URL a ``blocked_connection_timeout``
     (:func:`antrian.amqp.connection.with_timeouts`): without one a blocked publish waits for ever.
     """
 

@@ -26,24 +26,35 @@ def with_timeouts(broker_url: str, *, blocked_s: float | None = BLOCKED_TIMEOUT_
     return ";".join(urls)
 
 
-def connection_parameters(broker_url: str, *, timeout_s: float = 5.0) -> pika.URLParameters:
-    """Parameters for a plain pika connection that fails fast instead of hanging."""
-    parameters = pika.URLParameters(broker_url.split(";")[0])
-    parameters.connection_attempts = 1
-    parameters.socket_timeout = timeout_s
-    parameters.blocked_connection_timeout = timeout_s
-    parameters.heartbeat = HEARTBEAT_S
-    return parameters
+def nodes(broker_url: str) -> list[str]:
+    """The URL of each node of ``broker_url`` (several, ``;``-separated, for a cluster), in order."""
+    return [url.strip() for url in broker_url.split(";") if url.strip()]
+
+
+def connection_parameters(broker_url: str, *, timeout_s: float = 5.0) -> list[pika.URLParameters]:
+    """Parameters for a plain pika connection that fails fast instead of hanging: one per node, so that
+    ``pika.BlockingConnection`` tries each node in turn and connects to the first that answers."""
+    every = []
+    for url in nodes(broker_url):
+        parameters = pika.URLParameters(url)
+        parameters.connection_attempts = 1
+        parameters.socket_timeout = timeout_s
+        parameters.blocked_connection_timeout = timeout_s
+        parameters.heartbeat = HEARTBEAT_S
+        every.append(parameters)
+    return every
 
 
 def ping(broker_url: str) -> None:
-    """Open and close one connection; raises pika's error when RabbitMQ cannot be reached."""
+    """Open and close one connection (to the first node that answers); raises pika's error when none does."""
     connection = pika.BlockingConnection(connection_parameters(broker_url, timeout_s=3.0))
     connection.close()
 
 
 def redact(broker_url: str) -> str:
-    """The URL without its password."""
-    parameters = pika.URLParameters(broker_url.split(";")[0])
-    vhost = "" if parameters.virtual_host == "/" else parameters.virtual_host
-    return f"amqp://{parameters.host}:{parameters.port}/{vhost}"
+    """The URL without its password: ``amqp://host:port/vhost``, or ``amqp://host1:port1,host2:port2/vhost`` for
+    several nodes."""
+    every = [pika.URLParameters(url) for url in nodes(broker_url)]
+    hosts = ",".join(f"{parameters.host}:{parameters.port}" for parameters in every)
+    vhost = "" if every[0].virtual_host == "/" else every[0].virtual_host
+    return f"amqp://{hosts}/{vhost}"

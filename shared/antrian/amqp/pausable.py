@@ -18,9 +18,11 @@ from typing import Any
 
 import pika.exceptions
 from dramatiq import MessageProxy
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer
+from dramatiq.brokers.rabbitmq import _RabbitmqConsumer
 from dramatiq.common import q_name
 from dramatiq.errors import ConnectionClosed
+
+from antrian.amqp.queue_types import TypedRabbitmqBroker
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +40,14 @@ def give_back(message: MessageProxy) -> None:
     setattr(message, _GIVEN_BACK, True)
 
 
-class PausableRabbitmqBroker(RabbitmqBroker):
-    """A :class:`dramatiq.brokers.rabbitmq.RabbitmqBroker` whose consumers honour ``is_paused``.
+class PausableRabbitmqBroker(TypedRabbitmqBroker):
+    """A :class:`~antrian.amqp.queue_types.TypedRabbitmqBroker` whose consumers honour ``is_paused``.
 
     Parameters:
       is_paused(Callable[[str], bool]): whether a queue (its canonical name) is paused now; called by every
         consumer about once per ``worker_timeout`` while its queue is quiet or paused, and before each message
         otherwise, so it must be cheap (a lookup in a set refreshed elsewhere).
-      Others: those of RabbitmqBroker.
+      Others: those of TypedRabbitmqBroker.
     """
 
     def __init__(self, *, is_paused: Callable[[str], bool] = never, **kwargs: Any) -> None:

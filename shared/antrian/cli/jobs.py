@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
 import click
+import pika
+import pika.exceptions
 
+from antrian.amqp import connection as amqp
+from antrian.amqp import migrate
+from antrian.config import Settings
 from antrian.db import engine as db
-from antrian.errors import InvalidInput
+from antrian.errors import DependencyUnavailable, InvalidInput
 from antrian.jobs import failed_jobs, pauses
 from antrian.jobs.queue_stats import SPEC_QUEUES
+from antrian.messages import QUEUES
 from antrian.runtime.pauses import POLL_INTERVAL_S
 from antrian.runtime.startup import guarded, settings_or_exit
 
@@ -192,6 +199,98 @@ def queues_resume(queue: str) -> None:
     engine = db.engine_for(settings)
     resumed = guarded("antrian queues resume", lambda: pauses.resume(engine, queue, source="cli"))
     click.echo(f"{queue} resumed" if resumed else f"{queue} was not paused")
+
+
+@queues.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Only say what each queue is and what would be moved.")
+def queues_migrate(dry_run: bool) -> None:
+    """Move every queue (with its .DQ and .XQ) to QUEUE_TYPE and QUEUE_DELIVERY_LIMIT, keeping every message:
+    ready, delayed and failed.
+
+    Stop sync-api and every worker first (a queue that has consumers is refused, nothing changed). Safe to run
+    again: a run that stopped midway (a crash, Ctrl-C) is finished by the next one.
+    """
+    program = "antrian queues migrate"
+    settings = settings_or_exit(program, database=False, broker=False)
+    try:
+        guarded(program, lambda: _migrate(settings, dry_run=dry_run))
+    except (migrate.QueuesInUse, migrate.NotDrained) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _migrate(settings: Settings, *, dry_run: bool) -> None:
+    where = amqp.redact(settings.broker_url)
+    try:
+        connection = pika.BlockingConnection(amqp.connection_parameters(settings.broker_url))
+    except pika.exceptions.AMQPError as exc:
+        raise DependencyUnavailable(f"cannot reach the broker at {where}: {exc!r}") from None
+    bars: dict[str, Any] = {}
+
+    def progress(state: migrate.QueueState) -> migrate.Progress:
+        """A progress bar on a terminal (out to the holding queue, then back), one line otherwise."""
+        label = f"{state.name}: moving {state.to_move} messages"
+        if state.to_move < migrate.BATCH or not sys.stderr.isatty():
+            if state.to_move >= migrate.BATCH:
+                click.echo(label + "…", err=True)
+            return lambda moved: None
+        bars[state.name] = bar = click.progressbar(
+            length=2 * state.messages * (not state.matches) + (state.holding or 0), file=sys.stderr, label=label)
+        bar.__enter__()
+        return bar.update
+
+    try:
+        states = migrate.inspect(connection, QUEUES, queue_type=settings.queue_type,
+                                 delivery_limit=settings.queue_delivery_limit)
+        if dry_run:
+            for state in states:
+                click.echo(_planned(state))
+            return
+        moved = 0
+        for done in migrate.migrate(connection, states, progress=progress):
+            if done.state.name in bars:
+                bars.pop(done.state.name).__exit__(None, None, None)
+            click.echo(_done(done))
+            moved += done.moved
+        click.echo(f"every queue is {settings.queue_type}; {_count(moved, 'message')} moved")
+    except pika.exceptions.AMQPError as exc:
+        raise DependencyUnavailable(
+            f"stopped at {where}: {exc!r}; no message is lost: run `antrian queues migrate` again to finish"
+        ) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; no message is lost: run `antrian queues migrate` again to "
+                                   "finish") from None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def _was(state: migrate.QueueState) -> str:
+    if state.holding is not None:
+        return f"{state.current} (an interrupted migration, {_count(state.holding, 'message')} held in "\
+               f"{migrate.holding_name(state.name)})"
+    return state.current
+
+
+def _planned(state: migrate.QueueState) -> str:
+    if not state.must_move:
+        return f"{state.name}: already {state.target}"
+    if state.current == migrate.MISSING and state.holding is None:
+        return f"{state.name}: missing, would be created as {state.target}"
+    in_use = f"; {_count(state.consumers, 'consumer')}: stop them first" if state.consumers else ""
+    return f"{state.name}: {_was(state)} -> {state.target}, {_count(state.to_move, 'message')} to move{in_use}"
+
+
+def _done(done: migrate.Moved) -> str:
+    state = done.state
+    if not state.must_move:
+        return f"{state.name}: already {state.target}"
+    if done.created:
+        return f"{state.name}: created as {state.target}"
+    return f"{state.name}: {_was(state)} -> {state.target}, {_count(done.moved, 'message')} moved"
+
+
+def _count(count: int, thing: str) -> str:
+    return f"{count} {thing}{'s' if count != 1 else ''}"
 
 
 def _or_exit(program: str, work: Callable[[], T]) -> T:

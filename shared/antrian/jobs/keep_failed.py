@@ -185,9 +185,11 @@ def _short_args(message: dramatiq.MessageProxy) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _dead_letter(body: bytes, dead_letters: str) -> tuple[dramatiq.Message[Any], failed_jobs.Failure]:
+def _dead_letter(body: bytes, dead_letters: str,
+                 headers: dict[str, Any] | None = None) -> tuple[dramatiq.Message[Any], failed_jobs.Failure]:
     """The message and what is known of its failure; an undecodable body is kept whole (base64) in a
-    message of actor ``(undecodable)``, so that it is seen rather than blocking the queue."""
+    message of actor ``(undecodable)``, so that it is seen rather than blocking the queue. A message a quorum
+    queue dead-lettered for its delivery limit (RabbitMQ's ``x-death`` header) says so."""
     try:
         message = dramatiq.Message.decode(body)
     except DecodeError as exc:
@@ -196,8 +198,14 @@ def _dead_letter(body: bytes, dead_letters: str) -> tuple[dramatiq.Message[Any],
         return message, failed_jobs.Failure(exception=f"DecodeError: {exc}", traceback="", attempts=1,
                                             worker=_worker())
     earlier = message.options.get("traceback", "")
+    deaths = (headers or {}).get("x-death") or [{}]
+    if deaths[0].get("reason") == "delivery_limit":
+        exception = ("DeliveryLimitReached: RabbitMQ dead-lettered it after QUEUE_DELIVERY_LIMIT deliveries: "
+                     "its worker process died while running it each time (killed, out of memory, a crash)")
+    else:
+        exception = "dead-lettered while failed_jobs was unavailable; its last exception was lost"
     return message, failed_jobs.Failure(
-        exception="dead-lettered while failed_jobs was unavailable; its last exception was lost",
+        exception=exception,
         traceback=f"Traceback of an earlier attempt:\n{earlier}" if earlier else "",
         attempts=message.options.get("retries", 0) + 1,
         worker=_worker(),
@@ -246,10 +254,10 @@ class DeadLetterImporter(threading.Thread):
     def _import_queue(self, channel: pika.adapters.blocking_connection.BlockingChannel, dead_letters: str) -> int:
         imported = 0
         while not self._stop.is_set():
-            method, _properties, body = channel.basic_get(dead_letters)
+            method, properties, body = channel.basic_get(dead_letters)
             if method is None:
                 return imported
-            message, failure = _dead_letter(body, dead_letters)
+            message, failure = _dead_letter(body, dead_letters, properties.headers)
             try:
                 job_id = self._store(message, failure)
             except Exception:

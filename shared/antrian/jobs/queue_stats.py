@@ -18,7 +18,7 @@ from dramatiq.brokers.rabbitmq import dq_name, xq_name
 from pika.exceptions import AMQPError, ChannelClosedByBroker
 from sqlalchemy import Engine
 
-from antrian.amqp.connection import connection_parameters, redact
+from antrian.amqp.connection import connection_parameters, nodes, redact
 from antrian.config import Settings
 from antrian.errors import DependencyUnavailable
 from antrian.jobs import failed_jobs, pauses, waits
@@ -65,14 +65,17 @@ class QueueStats:
         return asdict(self)
 
 
-def management_url(settings: Settings) -> str:
-    """``RABBITMQ_MANAGEMENT_URL``, or the broker's host on port 15672 with the broker's credentials."""
+def management_urls(settings: Settings) -> list[str]:
+    """``RABBITMQ_MANAGEMENT_URL``, or each broker node's host on port 15672 with the broker's credentials."""
     if settings.rabbitmq_management_url:
-        return settings.rabbitmq_management_url
-    broker = pika.URLParameters(settings.broker_url.split(";")[0])
-    credentials = broker.credentials
-    userinfo = f"{quote(credentials.username, safe='')}:{quote(credentials.password, safe='')}@"
-    return f"http://{userinfo}{broker.host}:{MANAGEMENT_PORT}"
+        return [settings.rabbitmq_management_url]
+    urls = []
+    for node in nodes(settings.broker_url):
+        broker = pika.URLParameters(node)
+        credentials = broker.credentials
+        userinfo = f"{quote(credentials.username, safe='')}:{quote(credentials.password, safe='')}@"
+        urls.append(f"http://{userinfo}{broker.host}:{MANAGEMENT_PORT}")
+    return list(dict.fromkeys(urls))  # nodes on one host share its port: ask it once
 
 
 def collect(settings: Settings, engine: Engine) -> list[QueueStats]:
@@ -107,13 +110,24 @@ def _with_stored(
 
 
 def _from_management(settings: Settings) -> dict[str, dict[str, Any]]:
-    parts = urlsplit(management_url(settings))
+    """The queues of the broker's vhost from the first node whose management API answers."""
+    urls = management_urls(settings)
+    for url in urls[:-1]:
+        try:
+            return _queues_from(url, settings)
+        except requests.RequestException:
+            continue  # that node is down: any other node of the cluster knows every queue
+    return _queues_from(urls[-1], settings)
+
+
+def _queues_from(url: str, settings: Settings) -> dict[str, dict[str, Any]]:
+    parts = urlsplit(url)
     auth = (parts.username or "guest", parts.password or "guest")
     # antrian.config refuses a management URL without a scheme or a host; an IPv6 host keeps its brackets
     hostname = parts.hostname or "localhost"
     host = (f"[{hostname}]" if ":" in hostname else hostname) + (f":{parts.port}" if parts.port else "")
     base = urlunsplit((parts.scheme, host, "", "", ""))
-    vhost = quote(pika.URLParameters(settings.broker_url.split(";")[0]).virtual_host, safe="")
+    vhost = quote(pika.URLParameters(nodes(settings.broker_url)[0]).virtual_host, safe="")
     response = requests.get(f"{base}/api/queues/{vhost}", auth=auth, timeout=MANAGEMENT_TIMEOUT_S,
                             params={"columns": "name,messages_ready,messages_unacknowledged,consumers,message_stats"})
     response.raise_for_status()

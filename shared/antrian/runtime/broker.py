@@ -39,7 +39,8 @@ def make_broker(
 ) -> RabbitmqBroker:
     """Build the broker every antrian process uses and make it Dramatiq's global broker.
 
-    Publisher confirms are on: ``send`` returns only once RabbitMQ has the message. A message that
+    Publisher confirms are on: ``send`` returns only once RabbitMQ has the message. Its queues are of
+    ``QUEUE_TYPE`` (:mod:`antrian.amqp.queue_types`). A message that
     runs out of attempts is kept in ``failed_jobs`` (see :mod:`antrian.jobs.keep_failed`).
 
     ``fail_fast`` (the web and the commands): a send that RabbitMQ blocks (a resource alarm) raises
@@ -59,12 +60,13 @@ def make_broker(
     middleware.extend(extra_middleware or [])
     if fail_fast:
         broker: RabbitmqBroker = FailFastRabbitmqBroker(
-            url=with_timeouts(settings.broker_url), confirm_delivery=True, middleware=middleware
+            url=with_timeouts(settings.broker_url), confirm_delivery=True, middleware=middleware,
+            queue_type=settings.queue_type, delivery_limit=settings.queue_delivery_limit,
         )
     else:
         broker = PausableRabbitmqBroker(
             url=with_timeouts(settings.broker_url, blocked_s=None), confirm_delivery=True, middleware=middleware,
-            is_paused=is_paused,
+            queue_type=settings.queue_type, delivery_limit=settings.queue_delivery_limit, is_paused=is_paused,
         )
     dramatiq.set_broker(broker)
     return broker

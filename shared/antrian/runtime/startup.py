@@ -6,10 +6,15 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
+import pika
+import pika.exceptions
+
 from antrian.amqp import connection as amqp
+from antrian.amqp import queue_types
 from antrian.config import Settings, load_settings
 from antrian.db import engine as db
 from antrian.errors import ConfigError, DependencyUnavailable
+from antrian.messages import QUEUES
 
 T = TypeVar("T")
 
@@ -37,12 +42,30 @@ def check_database(settings: Settings) -> None:
 
 
 def check_broker(settings: Settings) -> None:
+    """Reach a node of the broker (any of ``BROKER_URL``'s, in turn)."""
     try:
         amqp.ping(settings.broker_url)
     except Exception as exc:  # noqa: BLE001
         reason = str(exc) or type(exc).__name__
         raise DependencyUnavailable(
             f"cannot reach the broker at {amqp.redact(settings.broker_url)}: {reason}"
+        ) from None
+
+
+def check_queues(settings: Settings) -> None:
+    """Declare SPEC's queues as ``QUEUE_TYPE`` says: one that exists with other arguments is a
+    :class:`~antrian.amqp.queue_types.QueueTypeMismatch` (a configuration error: one line, then exit)."""
+    try:
+        connection = pika.BlockingConnection(amqp.connection_parameters(settings.broker_url, timeout_s=3.0))
+        try:
+            queue_types.check_declared(connection, list(QUEUES), queue_type=settings.queue_type,
+                                       delivery_limit=settings.queue_delivery_limit)
+        finally:
+            if connection.is_open:
+                connection.close()
+    except pika.exceptions.AMQPError as exc:
+        raise DependencyUnavailable(
+            f"cannot declare the queues at {amqp.redact(settings.broker_url)}: {exc!r}"
         ) from None
 
 
@@ -70,4 +93,5 @@ def _load_and_check(require: tuple[str, ...], database: bool, broker: bool) -> S
         check_database(settings)
     if broker:
         check_broker(settings)
+        check_queues(settings)
     return settings
