@@ -11,11 +11,12 @@ through a holding queue ``N.migrating`` (durable, of the target type, no dead-le
 (RabbitMQ 3.10 refuses ``queue.delete`` with ``if-empty`` on a quorum queue: emptiness is checked just before.)
 
 Each drain runs on one channel in AMQP transaction mode: a batch of messages taken by a consumer (a prefetch of
-500) is published, with each message's own properties (headers included: ``x-death``, Dramatiq's), and acknowledged, then committed. A crash
-before the commit leaves the source as it was (RabbitMQ gives the unacknowledged gets back), after it the batch is
-in the destination alone: no message is lost or doubled. A run that stopped anywhere is finished by the next one:
-a queue whose ``N.migrating`` exists picks up where it stopped. Messages keep their order; a dead-lettered
-message's 7-day TTL in ``.XQ`` starts again when it is moved back.
+500) is published, with each message's own properties (headers included: ``x-death``, Dramatiq's), and
+acknowledged, then committed. A crash before the commit leaves the source as it was (RabbitMQ gives the
+unacknowledged messages back), after it the batch is in the destination alone: no message is lost or doubled.
+A run that stopped anywhere is finished by the next one: a queue whose ``N.migrating`` exists picks up where it
+stopped. Messages keep their order; a dead-lettered message's 7-day TTL in ``.XQ`` starts again when it is moved
+back.
 
 Nothing may consume or publish meanwhile (a delayed message sits unacknowledged in a worker's memory, and a
 publish to a queue being declared again would be dropped): queues that have consumers are refused
