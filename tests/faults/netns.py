@@ -5,7 +5,8 @@ is unknown"), so the link is made of two TUN devices, one in the namespace and o
 test process moves every IP packet between them: that is where packets are lost (``loss``) or held
 back (``delay`` ± ``jitter``, reordering them as netem does), like netem on a veth. Both ends are the
 kernel's own TCP stacks: a lost packet is retransmitted by TCP, a long blackout makes AMQP heartbeats
-go missing, for real. Only packets to or from the ports given to :meth:`Link.impair` suffer.
+go missing, for real. Only packets to or from the ports given to :meth:`Link.impair` suffer;
+:meth:`Link.cut` drops every packet both ways (the host's cable pulled out) until :meth:`Link.restore`.
 
 Addresses are 10.213.X.1 (here) and 10.213.X.2 (the namespace), X random and checked unused; the
 namespace, both devices and their addresses are removed when the ``with`` block ends, however it ends.
@@ -66,6 +67,7 @@ class Link:
         self._ports: frozenset[int] = frozenset()
         self._loss = 0.0
         self._delay_s = self._jitter_s = 0.0
+        self._cut = False
         self.dropped = 0
         self._queue: list[tuple[float, int, int, bytes]] = []
         self._sequence = 0
@@ -89,6 +91,14 @@ class Link:
         """No more loss or delay (packets already held back still go, when due)."""
         self.impair(ports=set())
 
+    def cut(self) -> None:
+        """From now on every packet, whatever its protocol and ports, is lost both ways: the host is cut off."""
+        self._cut = True
+
+    def restore(self) -> None:
+        """Packets go through again (subject to :meth:`impair` as before the cut)."""
+        self._cut = False
+
     def _move(self, source: int, sink: int) -> None:
         while not self._stopped.is_set():
             readable, _, _ = select.select([source], [], [], 0.2)
@@ -98,6 +108,9 @@ class Link:
                 packet = os.read(source, 65536)
             except OSError:
                 return
+            if self._cut:
+                self.dropped += 1
+                continue
             ports = _ports(packet) if self._ports else None
             if ports is None or self._ports.isdisjoint(ports):
                 self._write(sink, packet)
@@ -189,6 +202,7 @@ class Relay:
         self._listener = socket.create_server((host, 0))
         self.port = self._listener.getsockname()[1]
         self._sockets: set[socket.socket] = set()
+        self._upstreams: set[socket.socket] = set()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -208,6 +222,7 @@ class Relay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets |= {client, upstream}
+                self._upstreams.add(upstream)
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
 
@@ -223,6 +238,18 @@ class Relay:
             sock.close()
         with self._lock:
             self._sockets -= {source, sink}
+            self._upstreams -= {source, sink}
+
+    def upstream_ports(self) -> set[int]:
+        """The local ports of the relay's open connections to the target: the peer ports its server sees
+        (RabbitMQ names a connection ``127.0.0.1:PORT -> 127.0.0.1:5672``), so a test can tell them apart."""
+        with self._lock:
+            upstreams = list(self._upstreams)
+        ports = set()
+        for sock in upstreams:
+            with suppress(OSError):
+                ports.add(sock.getsockname()[1])
+        return ports
 
     def close(self) -> None:
         with suppress(OSError):
