@@ -23,7 +23,14 @@ _broker_url = os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/an
 _database_url = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/antrian_bench")
 _upstream = os.environ.get("UPSTREAM_BASE_URL", "http://127.0.0.1:8081")
 
-broker = RabbitmqBroker(url=_broker_url)
+if os.environ.get("BARE_QUEUE_TYPE") == "quorum":
+    # Part (l): the same bare actor on a quorum queue (plain Dramatiq cannot declare one; antrian's broker
+    # extension only builds the queue's arguments, nothing else of antrian runs).
+    from antrian.amqp.queue_types import TypedRabbitmqBroker
+
+    broker: RabbitmqBroker = TypedRabbitmqBroker(url=_broker_url, queue_type="quorum")
+else:
+    broker = RabbitmqBroker(url=_broker_url)
 dramatiq.set_broker(broker)
 
 # Created lazily in each worker process (never before Dramatiq forks).
