@@ -7,17 +7,20 @@ Real processes (sync-api, sync-worker, mailer) with ``BROKER_URL`` naming all th
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import Counter
 
+import pika
 import pytest
 import requests
 from sqlalchemy import text
 
+from antrian.amqp.connection import connection_parameters
 from antrian.cli.demo import seed_students
 from antrian.messages import QUEUES, SEND_INVOICE_EMAIL
 from tests.jobs.helpers import failed_rows, store
-from tests.support import outbox_drained, wait_until
+from tests.support import BIN, ROOT, base_env, outbox_drained, wait_until
 from tests.sync_api.bookings.helpers import book, create_tour
 from tests.sync_api.sync.helpers import assert_exact_outcome, wait_for_run
 
@@ -105,3 +108,28 @@ def test_bookings_made_while_a_node_is_down_each_get_one_invoice_and_a_retry_all
     resent = Counter(subject.split()[1] for subject in smtp_server.subjects())
     assert set(resent) == {b["code"] for b in bookings} and set(resent.values()) == {1}, resent.most_common(3)
     assert failed_rows(clean) == []
+
+
+def test_with_the_first_node_down_processes_start_antrian_queues_reads_and_dead_letters_are_imported(
+    clean, cluster, cluster_vhost, on_cluster, start_dramatiq, smtp_server
+):
+    # Given the first node of BROKER_URL down
+    cluster.stop_node(cluster.names[0])
+
+    # Then a worker starts (its start-up check and its broker take the next node) and `antrian queues` answers
+    start_dramatiq("mailer", threads=2, **smtp_server.env(), **on_cluster)
+    listed = subprocess.run([str(BIN / "antrian"), "queues"], env=base_env(**on_cluster), cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert {line.split()[0] for line in listed.stdout.splitlines()[1:] if line.strip()} >= set(QUEUES)
+
+    # And a message RabbitMQ dead-lettered is imported into failed_jobs by that worker (the only one), through
+    # another node
+    message = SEND_INVOICE_EMAIL.message(424242)
+    connection = pika.BlockingConnection(connection_parameters(on_cluster["BROKER_URL"]))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.basic_publish("", "emails.XQ", message.encode(), pika.BasicProperties(delivery_mode=2))
+    connection.close()
+    rows = wait_until(lambda: failed_rows(clean), timeout=60, what="the dead letter imported")
+    assert [row["message_id"] for row in rows] == [message.message_id]
