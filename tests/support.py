@@ -355,3 +355,15 @@ def busiest_second(times: list[float]) -> int:
             first += 1
         most = max(most, last - first + 1)
     return most
+
+
+def settings_for_tests(**changes):
+    """The settings a test process uses itself: the test database and vhost, and the queue arguments the
+    environment asks for (``QUEUE_TYPE=classic pytest`` runs the suite on classic queues, the processes it starts
+    included), with ``changes``."""
+    from dataclasses import replace
+
+    from antrian.config import load_settings
+
+    queues = {name: os.environ[name] for name in ("QUEUE_TYPE", "QUEUE_DELIVERY_LIMIT") if name in os.environ}
+    return replace(load_settings(queues), database_url=DATABASE_URL, broker_url=BROKER_URL, **changes)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 
 from sqlalchemy import Engine, text
 
-from antrian.config import load_settings
 from antrian.messages import EXPIRE_UNPAID_BOOKINGS
 from antrian.runtime.broker import make_broker
-from tests.support import BROKER_URL, DATABASE_URL, log_events, metric  # noqa: F401 - re-exported for the tests here
+from tests.support import (  # noqa: F401 - re-exported for the tests here
+    BROKER_URL,
+    DATABASE_URL,
+    log_events,
+    metric,
+    settings_for_tests,
+)
 
 #: One statement inserts the bookings and takes their seats from their tours (pending and paid ones hold
 #: seats; the others do not), exactly as booking over the API would have. Booking ``g`` goes to tour
@@ -75,7 +79,7 @@ def quotas(engine: Engine) -> dict[int, int]:
 
 def send_sweep() -> None:
     """Enqueue one ``expire_unpaid_bookings()`` message, as the scheduler does."""
-    settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL)
+    settings = settings_for_tests()
     broker = make_broker(settings)
     try:
         EXPIRE_UNPAID_BOOKINGS.send(broker)

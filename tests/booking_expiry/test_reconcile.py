@@ -8,22 +8,21 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
 
 from antrian.bookings.gateway import StatusApi
 from antrian.bookings.reconcile import reconcile
-from antrian.config import load_settings
 from antrian.messages import RECONCILE_PAYMENTS
 from antrian.runtime.broker import make_broker
-from tests.booking_expiry.helpers import BROKER_URL, DATABASE_URL, add_bookings, log_events, metric, send_sweep
+from tests.booking_expiry.helpers import add_bookings, log_events, metric, send_sweep
 from tests.support import (
     PAYMENT_SERVER_KEY,
     outbox_drained,
     payment_gateway,
     postgresql_stopped,
+    settings_for_tests,
     take_messages,
     wait_until,
 )
@@ -32,7 +31,7 @@ from tests.sync_api.bookings.helpers import book, create_tour, notification, pos
 
 def send_reconcile() -> None:
     """Enqueue one ``reconcile_payments()`` message, as the scheduler does."""
-    broker = make_broker(replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL))
+    broker = make_broker(settings_for_tests())
     try:
         RECONCILE_PAYMENTS.send(broker)
     finally:

@@ -6,7 +6,6 @@ import math
 import subprocess
 import threading
 import time
-from dataclasses import replace
 from datetime import datetime
 
 import dramatiq.errors
@@ -15,11 +14,18 @@ import requests
 from sqlalchemy import text
 
 from antrian import schedule
-from antrian.config import load_settings
 from antrian.errors import DependencyUnavailable
 from antrian.runtime.broker import make_broker
 from tests.booking_expiry.helpers import log_events, metric
-from tests.support import BIN, BROKER_URL, DATABASE_URL, ROOT, base_env, queue_depth, take_messages, wait_until
+from tests.support import (
+    BIN,
+    ROOT,
+    base_env,
+    queue_depth,
+    settings_for_tests,
+    take_messages,
+    wait_until,
+)
 from tests.sync_api.bookings.helpers import book, create_tour, quota
 
 #: The sweep's period in these tests: short, so that a test sees several slots in seconds.
@@ -116,7 +122,7 @@ def test_two_schedulers_running_at_once_enqueue_the_sweep_once_per_slot(tours, s
 
 def test_many_schedule_runs_at_the_same_instant_enqueue_the_sweep_once(tours):
     # Given the real schedule (every hour, so that this slot does not end during the test) and ten callers
-    settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL, expiry_sweep_seconds=3600)
+    settings = settings_for_tests(expiry_sweep_seconds=3600)
     broker = make_broker(settings)
     barrier = threading.Barrier(10)
     results: list[list[str]] = []
@@ -164,7 +170,7 @@ class UnreachableBroker:
 
 
 def test_an_enqueue_that_fails_gives_its_slot_back_for_the_next_tick(tours):
-    settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL, expiry_sweep_seconds=3600)
+    settings = settings_for_tests(expiry_sweep_seconds=3600)
     scheduled = sweep_only(settings)
     # When the publish fails after the slot was claimed, the claim is rolled back with it
     # and the caller (antrian schedule run, the scheduler's loop) gets one line naming RabbitMQ

@@ -10,24 +10,20 @@ itself. PostgreSQL and the school API stay clean, so every student must succeed,
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from antrian.cli.demo import seed_students
-from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
 from tests.faults.netns import Relay, namespace
 from tests.support import (
     BIN,
-    BROKER_URL,
-    DATABASE_URL,
     TEST_DATABASE,
     TEST_VHOST,
     Service,
     base_env,
     free_port,
+    settings_for_tests,
     settled,
     wait_until,
 )
@@ -76,7 +72,7 @@ def test_a_run_survives_packet_loss_delay_and_a_blackout_on_the_rabbitmq_path(
     web = start_web()
     try:
         worker.start(timeout=60)
-        broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+        broker = make_broker(settings_for_tests())
         run = start_run(clean, broker)
         broker.close()
         wait_until(lambda: processed(clean, run["id"]) >= 20, timeout=60, what="the run under way")

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 from sqlalchemy import text
 
 from antrian.cli.demo import seed_students
-from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import start_run
 from dev.school_api import payment_data
-from tests.support import BROKER_URL, DATABASE_URL, send_json, serve, settled
+from tests.support import send_json, serve, settings_for_tests, settled
 from tests.sync_api.sync.helpers import assert_exact_outcome, idpersons, wait_for_run
 
 STUDENTS = 40
@@ -102,7 +100,7 @@ def test_a_black_holed_school_api_costs_timeouts_and_retries_and_the_run_ends_ex
     upstream, hole = school
     seed_students(clean, STUDENTS)
     start_worker(upstream, threads=8, UPSTREAM_TIMEOUT_S=str(TIMEOUT_S))
-    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    broker = make_broker(settings_for_tests())
     run = start_run(clean, broker)
     broker.close()
     web = start_web()  # meanwhile the run goes on

@@ -4,17 +4,15 @@ by age: by real sync-api, `antrian` and booking-expiry processes."""
 from __future__ import annotations
 
 import subprocess
-from dataclasses import replace
 
 import pytest
 import requests
 from sqlalchemy import text
 
-from antrian.config import load_settings
 from antrian.messages import EXPIRE_UNPAID_BOOKINGS, PRUNE_FAILED_JOBS, SEND_ETICKET_EMAIL, SYNC_STUDENT_PAYMENT
 from antrian.runtime.broker import make_broker
 from tests.jobs.helpers import failed_rows, store
-from tests.support import BIN, BROKER_URL, DATABASE_URL, ROOT, base_env, log_events, settled, wait_until
+from tests.support import BIN, ROOT, base_env, log_events, settings_for_tests, settled, wait_until
 
 
 @pytest.fixture
@@ -106,7 +104,7 @@ def test_the_scheduled_prune_deletes_exactly_the_failed_jobs_past_their_retentio
     worker = start_dramatiq("booking-expiry", processes=1, threads=2, FAILED_JOBS_RETENTION_DAYS="3")
 
     # The schedule enqueues it (once per hour); here it is sent as the scheduler does
-    settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL)
+    settings = settings_for_tests()
     broker = make_broker(settings)
     try:
         PRUNE_FAILED_JOBS.send(broker)

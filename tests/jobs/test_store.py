@@ -4,23 +4,21 @@ retry-all retries only what was stored when it began, and the middleware runs wh
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 import dramatiq
 from dramatiq.middleware import Retries, TimeLimit
 from sqlalchemy import text
 
-from antrian.config import load_settings
 from antrian.jobs import failed_jobs
 from antrian.jobs.keep_failed import KeepFailedJobs, describe
 from antrian.messages import SEND_ETICKET_EMAIL
 from antrian.runtime.broker import make_broker
 from tests.jobs.helpers import failed_rows, store
-from tests.support import BROKER_URL, DATABASE_URL, take_messages
+from tests.support import BROKER_URL, settings_for_tests, take_messages
 
 
 def settings():
-    return replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL)
+    return settings_for_tests()
 
 
 def test_nul_characters_postgresql_refuses_are_stored_as_replacement_characters(clean):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 from sqlalchemy import text
 
-from antrian.config import load_settings
 from antrian.messages import SEND_INVOICE_EMAIL
 from antrian.runtime.broker import make_broker
-from tests.support import BROKER_URL, DATABASE_URL, busiest_second, metric, settled, wait_until
+from tests.support import busiest_second, metric, settings_for_tests, settled, wait_until
 
 #: Emails per second, and invoices enough for 4 s at that pace.
 RATE, EMAILS = 20, 80
@@ -36,7 +34,7 @@ def test_two_mailer_processes_keep_to_the_smtp_limit_and_send_each_email_once(cl
     mailer = start_mailer(smtp_server, processes=2, threads=4, SMTP_RATE_LIMIT=str(RATE))
 
     # When all their invoices are queued at once
-    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    broker = make_broker(settings_for_tests())
     for booking_id in bookings:
         SEND_INVOICE_EMAIL.send(broker, booking_id)
     broker.close()

@@ -3,16 +3,13 @@ sync-api, the outbox, RabbitMQ, a real mailer and a real SMTP server."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import requests
 from sqlalchemy import text
 
-from antrian.config import load_settings
 from antrian.messages import RESEND_BOOKING_EMAIL
 from antrian.runtime.broker import make_broker
-from tests.support import BROKER_URL, DATABASE_URL, outbox_drained, settled, wait_until
+from tests.support import outbox_drained, settings_for_tests, settled, wait_until
 from tests.sync_api.bookings.helpers import book, create_tour, notification, notify
 
 
@@ -88,7 +85,7 @@ def test_a_booking_is_found_by_its_code_with_its_emails_and_a_resend_sends_exact
     assert shown["emails"][1]["message_id"] == again["Message-ID"] and shown["emails"][1]["source"] == "api"
 
     # When the resend's message is delivered again (a relay that died before deleting its row, a redelivery)
-    settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL)
+    settings = settings_for_tests()
     broker = make_broker(settings)
     try:
         RESEND_BOOKING_EMAIL.send(broker, answer["resend_id"])

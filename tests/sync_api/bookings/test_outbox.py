@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 import pytest
 from sqlalchemy import text
 
 from antrian.bookings import outbox
-from antrian.config import load_settings
 from antrian.db.engine import make_engine
 from antrian.messages import SEND_INVOICE_EMAIL
 from antrian.runtime.broker import make_broker
@@ -20,6 +18,7 @@ from tests.support import (
     rabbitmq_stopped,
     restart_postgresql,
     restart_rabbitmq,
+    settings_for_tests,
     take_messages,
     wait_until,
 )
@@ -28,7 +27,7 @@ from tests.sync_api.bookings.helpers import book, create_tour
 
 @pytest.fixture
 def relay_parts(clean):
-    settings = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL)
+    settings = settings_for_tests()
     engine, broker = make_engine(DATABASE_URL), make_broker(settings)
     yield engine, broker
     broker.close()

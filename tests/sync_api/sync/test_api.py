@@ -9,11 +9,10 @@ import pytest
 from sqlalchemy import text
 
 from antrian.cli.demo import seed_students
-from antrian.config import load_settings
 from sync_api import create_app
-from tests.support import API_TOKEN, BROKER_URL, DATABASE_URL, queue_depth
+from tests.support import API_TOKEN, queue_depth, settings_for_tests
 
-SETTINGS = replace(load_settings({}), database_url=DATABASE_URL, broker_url=BROKER_URL, api_token=API_TOKEN)
+SETTINGS = settings_for_tests(api_token=API_TOKEN)
 
 
 def close(app) -> None:

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import replace
 
 import pytest
 import requests
 from sqlalchemy import text
 
 from antrian.cli.demo import seed_students
-from antrian.config import load_settings
 from antrian.db.engine import make_engine
 from antrian.messages import SYNC_STUDENT_PAYMENT
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
 from sync_api.sync.student_sync import StudentSync
 from sync_api.sync.upstream import SchoolApi
-from tests.support import BROKER_URL, DATABASE_URL, queue_depth, wait_until
+from tests.support import BROKER_URL, DATABASE_URL, queue_depth, settings_for_tests, wait_until
 from tests.sync_api.sync.helpers import idpersons
 
 
 @pytest.fixture
 def broker(infrastructure):
-    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    broker = make_broker(settings_for_tests())
     yield broker
     broker.close()
 

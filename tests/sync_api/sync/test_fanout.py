@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pika
 import pytest
@@ -11,17 +10,16 @@ from sqlalchemy import text
 
 from antrian.amqp.publisher import ConfirmedPublisher
 from antrian.cli.demo import seed_students
-from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
 from sync_api.sync import fanout
-from tests.support import BROKER_URL, DATABASE_URL, purge_queues
+from tests.support import BROKER_URL, purge_queues, settings_for_tests
 from tests.sync_api.sync.helpers import idpersons
 
 
 @pytest.fixture
 def broker(infrastructure):
-    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    broker = make_broker(settings_for_tests())
     yield broker
     broker.close()
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from antrian.cli.demo import seed_students
-from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
 from dev.school_api import payment_data
-from tests.support import BROKER_URL, DATABASE_URL, busiest_second, metric, send_json, serve, wait_until
+from tests.support import busiest_second, metric, send_json, serve, settings_for_tests, wait_until
 from tests.sync_api.sync.helpers import assert_exact_outcome
 
 #: Requests per second the school API may get, and students enough for the run to last about 9 s at that pace.
@@ -59,7 +57,7 @@ def test_two_workers_of_16_threads_keep_to_the_upstream_limit_and_every_student_
     workers = [start_worker(url, processes=1, threads=16, UPSTREAM_RATE_LIMIT=str(RATE)) for _ in range(2)]
 
     # When a run syncs them all
-    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    broker = make_broker(settings_for_tests())
     run = start_run(clean, broker)
     broker.close()
     wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=60, what="the run to finish")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from antrian.cli.demo import seed_students
-from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
-from tests.support import BROKER_URL, DATABASE_URL, restart_postgresql, restart_rabbitmq, wait_until
+from tests.support import restart_postgresql, restart_rabbitmq, settings_for_tests, wait_until
 from tests.sync_api.sync.helpers import assert_exact_outcome, expected_failures
 
 PERMANENT = 0.02
@@ -29,7 +26,7 @@ def test_a_run_survives_a_restart(clean, start_school_api, start_worker, restart
     # Given a run of 400 students going at a pace we can interrupt
     seed_students(clean, 400)
     worker = start_worker(start_school_api("--latency-ms", "50", "--permanent-rate", str(PERMANENT)), threads=4)
-    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    broker = make_broker(settings_for_tests())
     run = start_run(clean, broker)
     broker.close()
     wait_until(lambda: processed(clean, run["id"]) >= 60, timeout=60, what="60 students processed")

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 from sqlalchemy import text
 
 from antrian.cli.demo import seed_students
-from antrian.config import load_settings
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
-from tests.support import BROKER_URL, DATABASE_URL, queue_depth, send_json, serve, wait_until
+from tests.support import queue_depth, send_json, serve, settings_for_tests, wait_until
 from tests.sync_api.sync.helpers import idpersons
 
 ALWAYS_503, RATE_LIMITED, NOT_FOUND, STATUS_FALSE, FLAKY, FINE = idpersons(6)
@@ -69,7 +67,7 @@ def test_each_failure_gets_the_attempts_spec_gives_it(clean, school, start_worke
     upstream, asked = school
     seed_students(clean, 6)
     start_worker(upstream, threads=4)
-    broker = make_broker(replace(load_settings({}), broker_url=BROKER_URL, database_url=DATABASE_URL))
+    broker = make_broker(settings_for_tests())
 
     # When they are synced
     run = start_run(clean, broker)
