@@ -8,30 +8,20 @@ queued through the outbox, which sync-api's relay publishes; the mailer sends it
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from antrian.bookings import emails, records
-from antrian.cli.jobs import _table
+from antrian.cli.output import moment, or_exit, table
 from antrian.db import engine as db
-from antrian.runtime.startup import guarded, settings_or_exit
-
-T = TypeVar("T")
+from antrian.runtime.startup import settings_or_exit
 
 
 @click.group()
 def bookings() -> None:
     """A customer's booking and its emails (invoice, e-ticket, cancellation)."""
 
-
-def _or_exit(program: str, work: Callable[[], T]) -> T:
-    """Run ``work``; an unknown booking, or an email that cannot be resent, ends with one line and exit code 1."""
-    try:
-        return guarded(program, work)
-    except (records.BookingNotFound, emails.NothingToResend) as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @bookings.command("show")
@@ -47,12 +37,12 @@ def show(code_or_id: str, as_json: bool) -> None:
         booking = records.find(engine, code_or_id)
         return booking, records.tour_name(engine, booking["tour_id"]), emails.history(engine, booking["id"])
 
-    booking, tour, sent = _or_exit(program, read)
+    booking, tour, sent = or_exit(program, read)
     if as_json:
         click.echo(json.dumps({**booking, "emails": sent}))
         return
-    deadline = f", pay by {_moment(booking['expires_at'])} UTC" if booking["status"] == "pending" else ""
-    paid = f", paid {_moment(booking['paid_at'])} UTC" if booking["paid_at"] else ""
+    deadline = f", pay by {moment(booking['expires_at'])} UTC" if booking["status"] == "pending" else ""
+    paid = f", paid {moment(booking['paid_at'])} UTC" if booking["paid_at"] else ""
     for label, value in [
         ("booking", f"{booking['code']} (id {booking['id']})"),
         ("status", f"{booking['status']}{deadline}{paid}"),
@@ -60,15 +50,15 @@ def show(code_or_id: str, as_json: bool) -> None:
         ("tour", f"{booking['tour_id']} {tour or '(gone)'}"),
         ("quantity", str(booking["quantity"])),
         ("amount", booking["total_amount"]),
-        ("booked at", f"{_moment(booking['created_at'])} UTC"),
+        ("booked at", f"{moment(booking['created_at'])} UTC"),
     ]:
         click.echo(f"{label + ':':<10} {value}")
     click.echo("")
     if not sent:
         click.echo("no emails yet")
         return
-    rows = [(e["kind"], e["status"], _moment(e["sent_at"]), e["message_id"] or "-", _resend(e)) for e in sent]
-    _table(("KIND", "STATUS", "SENT AT (UTC)", "MESSAGE-ID", "RESEND"), rows)
+    rows = [(e["kind"], e["status"], moment(e["sent_at"]), e["message_id"] or "-", _resend(e)) for e in sent]
+    table(("KIND", "STATUS", "SENT AT (UTC)", "MESSAGE-ID", "RESEND"), rows)
     resends = sum(1 for e in sent if e["resend"])
     click.echo(f"{len(sent) - resends} email{'s' if len(sent) - resends != 1 else ''}, "
                f"{resends} resend{'s' if resends != 1 else ''}; "
@@ -90,7 +80,7 @@ def resend(code_or_id: str, kind: str) -> None:
         booking = records.find(engine, code_or_id)
         return emails.resend(engine, booking["id"], kind, source="cli")
 
-    queued = _or_exit(program, queue)
+    queued = or_exit(program, queue)
     click.echo(f"resend {queued['resend_id']} queued: booking {queued['code']}'s {kind} email, "
                f"sent once more by the mailer")
 
@@ -98,8 +88,4 @@ def resend(code_or_id: str, kind: str) -> None:
 def _resend(email: dict[str, Any]) -> str:
     if not email["resend"]:
         return "-"
-    return f"#{email['resend_id']} by {email['source']} at {_moment(email['requested_at'])}"
-
-
-def _moment(iso: str | None) -> str:
-    return "-" if iso is None else iso[:19].replace("T", " ")
+    return f"#{email['resend_id']} by {email['source']} at {moment(email['requested_at'])}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -15,6 +15,7 @@ import pika.exceptions
 
 from antrian.amqp import connection as amqp
 from antrian.amqp import migrate
+from antrian.cli.output import moment, or_exit, plural, table
 from antrian.config import Settings
 from antrian.db import engine as db
 from antrian.errors import DependencyUnavailable, InvalidInput
@@ -27,7 +28,6 @@ from antrian.runtime.startup import guarded, settings_or_exit
 #: Characters of an exception shown per line of ``antrian jobs failed``.
 EXCEPTION_WIDTH = 70
 
-T = TypeVar("T")
 #: A command's function, before ``click.command`` makes it one (click's own ``FC``).
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,8 +61,8 @@ def failed(queue: str | None, search: str | None, limit: int, as_json: bool) -> 
         click.echo("no failed jobs")
         return
     rows = [(str(i["id"]), i["queue"], f"{i['actor']}({_args(i['args'])})", str(i["attempts"]),
-             i["failed_at"][:19].replace("T", " "), _clip(i["exception"])) for i in items]
-    _table(("ID", "QUEUE", "JOB", "ATTEMPTS", "FAILED AT (UTC)", "EXCEPTION"), rows)
+             moment(i["failed_at"]), _clip(i["exception"])) for i in items]
+    table(("ID", "QUEUE", "JOB", "ATTEMPTS", "FAILED AT (UTC)", "EXCEPTION"), rows)
     shown = f"{len(items)} of {total}" if total > len(items) else str(total)
     click.echo(f"{shown} failed job{'s' if total != 1 else ''}; `antrian jobs show ID` prints one's traceback")
 
@@ -73,7 +73,7 @@ def show(job_id: int) -> None:
     """Print one failed job in full, with its traceback."""
     settings = settings_or_exit("antrian jobs show", broker=False)
     engine = db.engine_for(settings)
-    job = _or_exit("antrian jobs show", lambda: failed_jobs.get(engine, job_id))
+    job = or_exit("antrian jobs show", lambda: failed_jobs.get(engine, job_id))
     for key in ("id", "message_id", "queue", "actor", "args", "kwargs", "attempts", "worker", "enqueued_at",
                 "failed_at", "exception"):
         click.echo(f"{key + ':':<12} {job[key]}")
@@ -99,12 +99,12 @@ def retry(job_ids: tuple[int, ...], retry_all: bool, queue: str | None, batch_si
     engine, broker = db.engine_for(settings), make_broker(settings)
     try:
         if retry_all:
-            count = _or_exit(program, lambda: failed_jobs.retry(engine, broker, settings.broker_url, queue=queue,
+            count = or_exit(program, lambda: failed_jobs.retry(engine, broker, settings.broker_url, queue=queue,
                                                                  source="cli", batch_size=batch_size))
-            click.echo(f"retried {_failed_jobs(count)}")
+            click.echo(f"retried {plural(count, 'failed job')}")
             return
         for job_id in job_ids:
-            _or_exit(program, partial(failed_jobs.retry, engine, broker, settings.broker_url, job_id=job_id,
+            or_exit(program, partial(failed_jobs.retry, engine, broker, settings.broker_url, job_id=job_id,
                                       source="cli"))
             click.echo(f"retried failed job {job_id}")
     finally:
@@ -119,7 +119,7 @@ def forget(job_ids: tuple[int, ...]) -> None:
     settings = settings_or_exit(program, broker=False)
     engine = db.engine_for(settings)
     for job_id in job_ids:
-        _or_exit(program, partial(failed_jobs.remove, engine, job_id, source="cli"))
+        or_exit(program, partial(failed_jobs.remove, engine, job_id, source="cli"))
         click.echo(f"forgot failed job {job_id}")
 
 
@@ -136,7 +136,7 @@ def flush(queue: str | None, older_than: str | None) -> None:
     engine = db.engine_for(settings)
     count = guarded("antrian jobs flush",
                     lambda: failed_jobs.flush(engine, queue=queue, older_than=age, source="cli"))
-    click.echo(f"flushed {_failed_jobs(count)}")
+    click.echo(f"flushed {plural(count, 'failed job')}")
 
 
 @click.group(invoke_without_command=True)
@@ -155,25 +155,25 @@ def queues(context: click.Context, watch: float | None) -> None:
     settings = settings_or_exit("antrian queues", broker=False)
     engine = db.engine_for(settings)
 
-    def table() -> None:
+    def show() -> None:
         stats = guarded("antrian queues", lambda: queue_stats.collect(settings, engine))
         rows = [(s.name, _n(s.ready), _n(s.unacknowledged), _n(s.delayed), str(s.dead_lettered), _n(s.consumers),
                  _n(s.publish_rate), _n(s.ack_rate), _wait(s.wait_p50_seconds), _wait(s.wait_p95_seconds),
                  "paused" if s.paused else "running")
                 for s in stats]
-        _table(("QUEUE", "READY", "UNACKED", "DELAYED", "FAILED", "CONSUMERS", "IN/S", "OUT/S", "WAIT-P50",
+        table(("QUEUE", "READY", "UNACKED", "DELAYED", "FAILED", "CONSUMERS", "IN/S", "OUT/S", "WAIT-P50",
                 "WAIT-P95", "STATE"), rows)
         if stats and stats[0].source == "amqp":
             click.echo("(RabbitMQ's management API is unreachable: no unacknowledged counts, delays or rates)")
 
     if watch is None:
-        table()
+        show()
         return
     try:
         while True:
             click.clear()
             click.echo(time.strftime("%H:%M:%S") + f"  every {watch:g}s, Ctrl-C stops")
-            table()
+            show()
             time.sleep(watch)
     except KeyboardInterrupt:
         pass
@@ -212,10 +212,7 @@ def queues_migrate(dry_run: bool) -> None:
     """
     program = "antrian queues migrate"
     settings = settings_or_exit(program, database=False, broker=False)
-    try:
-        guarded(program, lambda: _migrate(settings, dry_run=dry_run))
-    except (migrate.QueuesInUse, migrate.NotDrained) as exc:
-        raise click.ClickException(str(exc)) from None
+    or_exit(program, lambda: _migrate(settings, dry_run=dry_run))
 
 
 def _migrate(settings: Settings, *, dry_run: bool) -> None:
@@ -251,7 +248,7 @@ def _migrate(settings: Settings, *, dry_run: bool) -> None:
                 bars.pop(done.state.name).__exit__(None, None, None)
             click.echo(_done(done))
             moved += done.moved
-        click.echo(f"every queue is {settings.queue_type}; {_count(moved, 'message')} moved")
+        click.echo(f"every queue is {settings.queue_type}; {plural(moved, 'message')} moved")
     except pika.exceptions.AMQPError as exc:
         raise DependencyUnavailable(
             f"stopped at {where}: {exc!r}; no message is lost: run `antrian queues migrate` again to finish"
@@ -266,7 +263,7 @@ def _migrate(settings: Settings, *, dry_run: bool) -> None:
 
 def _was(state: migrate.QueueState) -> str:
     if state.holding is not None:
-        return f"{state.current} (an interrupted migration, {_count(state.holding, 'message')} held in "\
+        return f"{state.current} (an interrupted migration, {plural(state.holding, 'message')} held in "\
                f"{migrate.holding_name(state.name)})"
     return state.current
 
@@ -276,8 +273,8 @@ def _planned(state: migrate.QueueState) -> str:
         return f"{state.name}: already {state.target}"
     if state.current == migrate.MISSING and state.holding is None:
         return f"{state.name}: missing, would be created as {state.target}"
-    in_use = f"; {_count(state.consumers, 'consumer')}: stop them first" if state.consumers else ""
-    return f"{state.name}: {_was(state)} -> {state.target}, {_count(state.to_move, 'message')} to move{in_use}"
+    in_use = f"; {plural(state.consumers, 'consumer')}: stop them first" if state.consumers else ""
+    return f"{state.name}: {_was(state)} -> {state.target}, {plural(state.to_move, 'message')} to move{in_use}"
 
 
 def _done(done: migrate.Moved) -> str:
@@ -286,23 +283,10 @@ def _done(done: migrate.Moved) -> str:
         return f"{state.name}: already {state.target}"
     if done.created:
         return f"{state.name}: created as {state.target}"
-    return f"{state.name}: {_was(state)} -> {state.target}, {_count(done.moved, 'message')} moved"
+    return f"{state.name}: {_was(state)} -> {state.target}, {plural(done.moved, 'message')} moved"
 
 
-def _count(count: int, thing: str) -> str:
-    return f"{count} {thing}{'s' if count != 1 else ''}"
 
-
-def _or_exit(program: str, work: Callable[[], T]) -> T:
-    """Run ``work``; a failed job that is not stored ends the command with one line and exit code 1."""
-    try:
-        return guarded(program, work)
-    except failed_jobs.FailedJobNotFound as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _failed_jobs(count: int) -> str:
-    return f"{count} failed job{'s' if count != 1 else ''}"
 
 
 def _args(args: list[Any]) -> str:
@@ -325,9 +309,3 @@ def _wait(seconds: float | None) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from antrian.cli.jobs import _table
+from antrian.cli.output import moment, or_exit, table
 from antrian.db import engine as db
 from antrian.runtime.startup import guarded, settings_or_exit
 from antrian.sync import runs as sync_runs
-
-T = TypeVar("T")
-
-
-def _or_exit(program: str, work: Callable[[], T]) -> T:
-    """Run ``work``; an unknown run, or one no longer running, ends the command with one line and exit code 1."""
-    try:
-        return guarded(program, work)
-    except (sync_runs.SyncRunNotFound, sync_runs.SyncRunNotRunning) as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.command("list")
@@ -41,8 +30,8 @@ def sync_list(limit: int, as_json: bool) -> None:
         click.echo("no sync runs")
         return
     rows = [(str(r["id"]), r["status"], f"{r['processed']}/{r['total']}", str(r["failed"]), f"{r['percent']:.2f}%",
-             _moment(r["started_at"]), _moment(r["finished_at"])) for r in items]
-    _table(("ID", "STATUS", "PROCESSED", "FAILED", "PERCENT", "STARTED (UTC)", "ENDED (UTC)"), rows)
+             moment(r["started_at"]), moment(r["finished_at"])) for r in items]
+    table(("ID", "STATUS", "PROCESSED", "FAILED", "PERCENT", "STARTED (UTC)", "ENDED (UTC)"), rows)
     shown = f"{len(items)} of {total}" if total > len(items) else str(total)
     click.echo(f"{shown} sync run{'s' if total != 1 else ''}")
 
@@ -54,7 +43,7 @@ def sync_cancel(run_id: int) -> None:
     program = "antrian sync cancel"
     settings = settings_or_exit(program, broker=False)
     engine = db.engine_for(settings)
-    run = _or_exit(program, lambda: sync_runs.cancel_run(engine, run_id, source="cli"))
+    run = or_exit(program, lambda: sync_runs.cancel_run(engine, run_id, source="cli"))
     click.echo(f"sync run {run['id']} cancelled: {run['processed']} of {run['total']} students processed, "
                f"{run['failed']} failed")
 
@@ -69,11 +58,7 @@ def sync_resume(run_id: int) -> None:
     settings = settings_or_exit(program)
     engine, broker = db.engine_for(settings), make_broker(settings)
     try:
-        resumed: dict[str, Any] = _or_exit(program, lambda: sync_runs.resume_run(engine, broker, run_id, source="cli"))
+        resumed: dict[str, Any] = or_exit(program, lambda: sync_runs.resume_run(engine, broker, run_id, source="cli"))
     finally:
         broker.close()
     click.echo(f"sync run {resumed['id']} resumed: {resumed['pending']} pending students sent again")
-
-
-def _moment(iso: str | None) -> str:
-    return "-" if iso is None else iso[:19].replace("T", " ")
