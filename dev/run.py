@@ -23,7 +23,8 @@ reads, as every antrian process does). Besides those (antrian.config.DevSettings
                                        restart policy would: what is left of its process group is killed
                                        first. One that exits within RESTART_MIN_UPTIME_S of its start
                                        still stops everything (a crash loop). ``make soak`` uses it.
-PAYMENT_SIMULATOR defaults to ``true`` here, so a person can pay for a booking. When API_TOKEN or
+PAYMENT_SIMULATOR defaults to ``true`` here, so a person can pay for a booking, and SESSION_COOKIE_SECURE to
+``false`` (plain http on loopback). When API_TOKEN or
 PAYMENT_SERVER_KEY is unset a development value is generated and printed.
 
 EXPIRY_SWEEP_SECONDS and BOOKING_EXPIRY_MINUTES pass through too: booking-expiry-scheduler enqueues the
@@ -268,7 +269,7 @@ def generate_if_unset(env: dict[str, str], variable: str) -> bool:
     """Give ``variable`` a random development value when it is unset; True when it did."""
     if env.get(variable, "").strip():
         return False
-    env[variable] = secrets.token_urlsafe(24)
+    env[variable] = secrets.token_urlsafe(32)
     say(f"{variable} is unset: generated a development value: {env[variable]}")
     return True
 
@@ -345,9 +346,11 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, Signals.handle)
     # sync-api listens on every interface in a container; on a laptop, only on loopback unless asked.
-    # A person trying bookings out pays with the simulator (SPEC's default, false, is for production).
+    # A person trying bookings out pays with the simulator (SPEC's default, false, is for production), and
+    # logs in to the admin pages over plain http on loopback (so the session cookie cannot be Secure-only).
     user = environment()
-    env = {"HOST": "127.0.0.1", "PAYMENT_SIMULATOR": "true", **user, "PYTHONUNBUFFERED": "1"}
+    env = {"HOST": "127.0.0.1", "PAYMENT_SIMULATOR": "true", "SESSION_COOKIE_SECURE": "false", **user,
+           "PYTHONUNBUFFERED": "1"}
     try:
         settings, dev = load_settings(env), load_dev_settings(env)
         children = [child for child in CHILDREN if child.condition(user)]

@@ -29,7 +29,7 @@ TEST_DATABASE = f"antrian_test_{os.getpid()}"
 DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DATABASE}"
 TEST_VHOST = TEST_DATABASE
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{TEST_VHOST}"
-API_TOKEN = "test-token-0123456789"
+API_TOKEN = "test-token-0123456789-0123456789-abc"
 SYNC_QUEUES = ("sync-pembayaran", "sync-pembayaran.DQ", "sync-pembayaran.XQ")
 EMAIL_QUEUES = ("emails", "emails.DQ", "emails.XQ")
 EXPIRY_QUEUES = ("booking-expiry", "booking-expiry.DQ", "booking-expiry.XQ")
@@ -47,7 +47,9 @@ def process_env(*, database_url: str, broker_url: str, api_token: str, **overrid
     env = {k: v for k, v in os.environ.items() if k not in {"UPSTREAM_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"}}
     # HOST too: a shell's own HOST (zsh exports one) must not move sync-api off loopback.
     env.update(
-        DATABASE_URL=database_url, BROKER_URL=broker_url, API_TOKEN=api_token, HOST="127.0.0.1", PYTHONUNBUFFERED="1"
+        DATABASE_URL=database_url, BROKER_URL=broker_url, API_TOKEN=api_token, HOST="127.0.0.1", PYTHONUNBUFFERED="1",
+        # Tests talk plain http on loopback, as make run does; tests/sync_api/web checks the secure default.
+        SESSION_COOKIE_SECURE="false",
     )
     env.update(overrides)
     return env

@@ -22,7 +22,13 @@ from antrian.errors import ConfigError
 DEFAULT_PAYMENT_API_BASE_URL = "https://api.sandbox.midtrans.com"
 
 #: Where each worker serves ``/metrics`` when ``METRICS_PORT`` is unset.
-DEFAULT_METRICS_PORTS = {"sync-worker": 9191, "mailer": 9192, "booking-expiry": 9193}
+#: Field metadata of a secret: its value is never echoed in an error.
+SECRET = {"secret": True}
+
+#: A shorter ``API_TOKEN`` is refused: it opens everything, so it must not be guessable.
+MIN_API_TOKEN_LENGTH = 32
+
+DEFAULT_METRICS_PORTS = {"sync-api": 9190, "sync-worker": 9191, "mailer": 9192, "booking-expiry": 9193}
 
 #: Database connections each process keeps open when ``DB_POOL_SIZE`` is unset. sync-api: one per gunicorn
 #: thread (sync_api.gunicorn_conf.threads) plus the outbox relay's two, since a smaller pool opens and closes a
@@ -51,14 +57,19 @@ class Settings:
     broker_url: str = field(default="amqp://guest:guest@127.0.0.1:5672/", repr=False)
     #: RabbitMQ's management API, for queue counts and rates; derived from ``broker_url`` when unset.
     rabbitmq_management_url: str | None = field(default=None, repr=False)
-    api_token: str | None = field(default=None, repr=False)
+    #: ``API_TOKEN``: the bootstrap admin's bearer token (operators get their own: ``antrian tokens create``);
+    #: at least :data:`MIN_API_TOKEN_LENGTH` characters.
+    api_token: str | None = field(default=None, repr=False, metadata=SECRET)
     upstream_base_url: str | None = None
-    upstream_token: str | None = field(default=None, repr=False)
+    upstream_token: str | None = field(default=None, repr=False, metadata=SECRET)
     upstream_timeout_s: float = 30.0
+    #: ``UPSTREAM_MAX_RESPONSE_BYTES``: the largest school API answer read; a bigger one fails that student
+    #: permanently (a misbehaving server must not fill a worker's memory).
+    upstream_max_response_bytes: int = 1024 * 1024
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_username: str | None = None
-    smtp_password: str | None = field(default=None, repr=False)
+    smtp_password: str | None = field(default=None, repr=False, metadata=SECRET)
     smtp_security: str = "none"
     #: ``SMTP_TIMEOUT_S``: seconds the mailer waits for the SMTP server to connect or answer, each time; a server
     #: that stops answering mid-transaction fails that attempt (retried) instead of holding a worker thread and
@@ -70,7 +81,7 @@ class Settings:
     mail_file_dir: str = "var/mail"
     booking_expiry_minutes: int = 30
     expiry_sweep_seconds: int = 300
-    payment_server_key: str | None = field(default=None, repr=False)
+    payment_server_key: str | None = field(default=None, repr=False, metadata=SECRET)
     payment_simulator: bool = False
     #: The gateway's status API; unset means its sandbox (:data:`DEFAULT_PAYMENT_API_BASE_URL`). ``make run``
     #: and compose point it at the development gateway when it is unset and the simulator is on.
@@ -93,6 +104,9 @@ class Settings:
     queue_delivery_limit: int = 10
     metrics_port: int | None = None
     port: int = 8000
+    #: ``SESSION_COOKIE_SECURE``: the admin session cookie is sent over HTTPS only (and pages carry HSTS);
+    #: ``make run`` turns it off for plain http on loopback.
+    session_cookie_secure: bool = True
     host: str = "0.0.0.0"
     #: Connections each process keeps open (defaults: :data:`DEFAULT_DB_POOL_SIZES`).
     db_pool_size: int | None = None
@@ -135,6 +149,14 @@ class Settings:
 
 def _text(value: str) -> str | None:
     return value.strip() or None
+
+
+def _api_token(value: str) -> str | None:
+    token = _text(value)
+    if token is not None and len(token) < MIN_API_TOKEN_LENGTH:
+        raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters (e.g. python -c "
+                         "'import secrets; print(secrets.token_urlsafe(32))')")
+    return token
 
 
 def _positive_int(value: str) -> int:
@@ -230,10 +252,11 @@ _PARSERS: dict[str, Any] = {
     "database_url": _database_url,
     "broker_url": _amqp_url,
     "rabbitmq_management_url": _http_url,
-    "api_token": _text,
+    "api_token": _api_token,
     "upstream_base_url": _http_url,
     "upstream_token": _text,
     "upstream_timeout_s": _positive_float,
+    "upstream_max_response_bytes": _positive_int,
     "smtp_host": str.strip,
     "smtp_port": _port,
     "smtp_username": _text,
@@ -258,6 +281,7 @@ _PARSERS: dict[str, Any] = {
     "metrics_port": _port,
     "port": _port,
     "host": str.strip,
+    "session_cookie_secure": _bool,
     "db_pool_size": _positive_int,
     "db_statement_timeout_ms": _milliseconds,
     "db_lock_timeout_ms": _milliseconds,
@@ -293,7 +317,9 @@ def _parse(settings: type, parsers: Mapping[str, Any], environ: Mapping[str, str
         try:
             values[item.name] = parsers[item.name](raw)
         except ValueError as exc:
-            raise ConfigError(f"{variable}={_without_password(raw)!r} is not valid: {exc}") from None
+            # A secret's value is never echoed; a URL's is, without its password.
+            shown = "" if item.metadata.get("secret") else f"={_without_password(raw)!r}"
+            raise ConfigError(f"{variable}{shown} is not valid: {exc}") from None
     return values
 
 

@@ -33,7 +33,7 @@ REQUIRED = {"sync-api": {"API_TOKEN"}, "sync-worker": {"UPSTREAM_BASE_URL"}}
 #: ${NAME}, ${NAME:-default}, ${NAME-default}: Compose's interpolation.
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
 #: The Dramatiq workers: each serves /metrics on its METRICS_PORT and beats for antrian-worker-probe.
-WORKERS = tuple(DEFAULT_METRICS_PORTS)
+WORKERS = tuple(name for name in DEFAULT_METRICS_PORTS if name != "sync-api")
 #: Where RabbitMQ's rabbitmq_prometheus plugin serves /metrics (its default, inside the compose network).
 RABBITMQ_PROMETHEUS_PORT = 15692
 #: The data sources a dashboard may name: the variable, the provisioned uid, Grafana's own (annotations).

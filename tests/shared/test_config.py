@@ -59,6 +59,8 @@ def test_values_are_parsed():
         ("MAIL_BACKEND", "sendmail"),
         ("BOOKING_EXPIRY_MINUTES", "0"),
         ("PAYMENT_SIMULATOR", "maybe"),
+        ("SESSION_COOKIE_SECURE", "sometimes"),
+        ("UPSTREAM_MAX_RESPONSE_BYTES", "0"),
     ],
 )
 def test_a_wrong_value_names_its_variable(variable, value):
@@ -69,6 +71,21 @@ def test_a_wrong_value_names_its_variable(variable, value):
 def test_a_required_setting_names_its_variable():
     with pytest.raises(ConfigError, match="API_TOKEN is required"):
         load_settings({}).require("api_token")
+
+
+def test_a_short_api_token_is_refused_without_echoing_it():
+    # Given a bootstrap token anyone could guess, then one of 32 characters
+    with pytest.raises(ConfigError, match="API_TOKEN .*at least 32 characters") as caught:
+        load_settings({"API_TOKEN": "a"})
+    assert "'a'" not in str(caught.value)
+    assert load_settings({"API_TOKEN": "x" * 32}).api_token == "x" * 32
+
+
+def test_session_cookies_are_secure_and_sync_api_metrics_have_their_own_port_by_default():
+    settings = load_settings({})
+    assert settings.session_cookie_secure is True
+    assert settings.metrics_port_for("sync-api") == 9190 != settings.port
+    assert load_settings({"SESSION_COOKIE_SECURE": "false"}).session_cookie_secure is False
 
 
 @pytest.mark.parametrize("variable", ["DATABASE_URL", "BROKER_URL"])
