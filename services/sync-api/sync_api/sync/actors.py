@@ -22,7 +22,7 @@ from antrian.messages import FAN_OUT_SYNC_RUN, SYNC_QUEUE, SYNC_STUDENT_PAYMENT
 from antrian.rate_limit import RateLimiter
 from antrian.runtime.per_process import PerProcess
 from sync_api.sync import fanout
-from sync_api.sync.errors import StudentSyncFailed, TransientUpstreamError
+from sync_api.sync.errors import StudentSyncFailed, TransientUpstreamError, bounded
 from sync_api.sync.retries import FAN_OUT, STUDENT
 from sync_api.sync.student_sync import FIRST, RETRIED, StudentSync
 from sync_api.sync.upstream import SchoolApi
@@ -47,6 +47,7 @@ def _make_runtime(settings: Settings) -> _Runtime:
         base_url=settings.require("upstream_base_url"),
         token=settings.upstream_token,
         timeout_s=settings.upstream_timeout_s,
+        max_response_bytes=settings.upstream_max_response_bytes,
         limiter=RateLimiter("upstream", settings.upstream_rate_limit, settings=settings,
                             max_wait_s=UPSTREAM_MAX_WAIT_S),
     )
@@ -90,8 +91,9 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
             # The database is away: not the student's failure. The message is retried, and after
             # its last attempt it is kept dead-lettered with the student still pending, to retry.
             raise
-        student_sync.record(idperson, run_id, status="failed", error=f"unexpected error: {exc!r}"[:500], from_=from_)
-        raise StudentSyncFailed(f"student {idperson}: {exc!r}") from exc
+        reason = bounded(f"unexpected error: {exc!r}")
+        student_sync.record(idperson, run_id, status="failed", error=reason, from_=from_)
+        raise StudentSyncFailed(f"student {idperson}: {reason}") from exc
 
 
 @dramatiq.actor(actor_name=FAN_OUT_SYNC_RUN.actor, queue_name=SYNC_QUEUE, **FAN_OUT.actor_options())

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from antrian.db.engine import retry_on_disconnect
 from antrian.sync.runs import finish_if_complete, shard_of
 from sync_api.sync import metrics as worker_metrics
-from sync_api.sync.errors import PermanentUpstreamError, StudentSyncFailed, TransientUpstreamError
+from sync_api.sync.errors import PermanentUpstreamError, StudentSyncFailed, TransientUpstreamError, bounded
 from sync_api.sync.retries import STUDENT
 from sync_api.sync.upstream import SchoolApi
 
@@ -126,7 +126,10 @@ class StudentSync:
         """Record the student's final outcome; False when it had one already (nothing changes then).
 
         ``from_`` is :data:`RETRIED` for an operator's retry: a recorded failure may then be replaced.
+        ``error`` is stored :func:`bounded` (500 characters at most).
         """
+        if error is not None:
+            error = bounded(error)
 
         def work() -> tuple[bool, bool]:
             with self.engine.connect() as connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from email.utils import parsedate_to_datetime
@@ -9,6 +10,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3 import exceptions as urllib3_exceptions
+from urllib3.exceptions import ReadTimeoutError
 
 from antrian.rate_limit import RateLimiter
 from sync_api.sync import metrics as worker_metrics
@@ -16,6 +19,10 @@ from sync_api.sync.errors import PermanentUpstreamError, TransientUpstreamError
 
 #: The longest ``Retry-After`` we honour, in milliseconds: delayed messages wait in worker memory.
 MAX_RETRY_AFTER_MS = 60_000
+#: A connection that failed, or broke while the answer arrived: worth another attempt.
+_BROKEN = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, urllib3_exceptions.HTTPError)
+#: ``UPSTREAM_MAX_RESPONSE_BYTES``'s default.
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 
 class SchoolApi:
@@ -24,16 +31,19 @@ class SchoolApi:
     Parameters:
       base_url(str): the school API's root, without a trailing slash.
       token(str | None): sent as ``Authorization: Bearer ...`` when set.
-      timeout_s(float): per request.
+      timeout_s(float): per request: the connection, each read, and the whole answer's arrival.
+      max_response_bytes(int): the largest answer read (``UPSTREAM_MAX_RESPONSE_BYTES``); a larger one is not read
+        further and fails the student for good. Redirects are never followed: a 3xx fails the student too.
       limiter(RateLimiter | None): gives a token right before each request (``UPSTREAM_RATE_LIMIT``); a throttled
         call waits for it inside the job, which costs no attempt.
     """
 
     def __init__(self, *, base_url: str, token: str | None, timeout_s: float,
-                 limiter: RateLimiter | None = None) -> None:
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, limiter: RateLimiter | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
         self.limiter = limiter
         self._local = threading.local()
 
@@ -66,40 +76,135 @@ class SchoolApi:
         if self.limiter is not None:
             self.limiter.acquire()
         started = time.perf_counter()
+        outcome = "ok"
         try:
-            response = session.get(url, timeout=self.timeout_s)
+            # Redirects are not followed (a 3xx fails the student), and the body is read here, at most
+            # max_response_bytes of it, within the request's timeout.
+            response = session.get(url, timeout=self.timeout_s, allow_redirects=False, stream=True)
+            try:
+                outcome = _outcome(response.status_code)
+                return self._data_from(response, started + self.timeout_s)
+            except BaseException:
+                # Unread or half-read: the connection is closed, never reused for the next student.
+                response.close()
+                raise
         except requests.exceptions.SSLError as exc:
-            worker_metrics.observe_upstream("tls_error", time.perf_counter() - started)
+            outcome = "tls_error"
             raise PermanentUpstreamError(f"TLS error: {_first_line(exc)}") from None
-        except requests.Timeout:
-            worker_metrics.observe_upstream("timeout", time.perf_counter() - started)
+        except (requests.Timeout, ReadTimeoutError, _Deadline):
+            outcome = "timeout"
             raise TransientUpstreamError(f"timed out after {self.timeout_s:g}s") from None
-        except requests.ConnectionError as exc:
-            worker_metrics.observe_upstream("connection_error", time.perf_counter() - started)
+        except _BROKEN as exc:
+            outcome = "connection_error"
             raise TransientUpstreamError(f"connection error: {_first_line(exc)}") from None
-        worker_metrics.observe_upstream(_outcome(response.status_code), time.perf_counter() - started)
-        return _data_from(response)
+        except _TooLarge:
+            outcome = "too_large"
+            raise PermanentUpstreamError(
+                f"school API answer is larger than {self.max_response_bytes} bytes (UPSTREAM_MAX_RESPONSE_BYTES)"
+            ) from None
+        finally:
+            worker_metrics.observe_upstream(outcome, time.perf_counter() - started)
+
+    def _data_from(self, response: requests.Response, deadline: float) -> Any:
+        status = response.status_code
+        if status == 429:
+            _drain(response, deadline)
+            raise TransientUpstreamError("HTTP 429 Too Many Requests", retry_after_ms=_retry_after_ms(response))
+        if status >= 500:
+            _drain(response, deadline)
+            raise TransientUpstreamError(f"HTTP {status}")
+        if 300 <= status < 400:
+            location = response.headers.get("Location")
+            target = f"redirect to {location[:200]!r}" if location else "redirect without a Location"
+            raise PermanentUpstreamError(f"school API answered {status} ({target}); redirects are not followed")
+        if status >= 400:
+            head = _read_body(response, deadline, _ERROR_TEXT_BYTES, cut=True)
+            raise PermanentUpstreamError(f"HTTP {status}: {_text(head)[:200]}")
+        body = _read_body(response, deadline, self.max_response_bytes)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            raise PermanentUpstreamError(f"response is not JSON: {_text(body[:100])!r}") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("status"), bool):
+            raise PermanentUpstreamError("response has no boolean 'status'")
+        if answer["status"] is False:
+            raise PermanentUpstreamError(f"school API refused: {answer.get('message') or 'no message'}")
+        if "data" not in answer:
+            raise PermanentUpstreamError("response has status true but no 'data'")
+        return answer["data"]
 
 
-def _data_from(response: requests.Response) -> Any:
-    status = response.status_code
-    if status == 429:
-        raise TransientUpstreamError("HTTP 429 Too Many Requests", retry_after_ms=_retry_after_ms(response))
-    if status >= 500:
-        raise TransientUpstreamError(f"HTTP {status}")
-    if status >= 400:
-        raise PermanentUpstreamError(f"HTTP {status}: {response.text[:200]}")
+class _TooLarge(Exception):
+    """The answer's body is longer than allowed."""
+
+
+class _Deadline(Exception):
+    """The request's timeout passed while its body was still arriving."""
+
+
+#: Bytes asked of the socket per read; an answer of a few KiB arrives in one.
+_CHUNK_BYTES = 64 * 1024
+#: The most of a 4xx body read for its reason (the reason keeps 200 characters of it).
+_ERROR_TEXT_BYTES = 4096
+#: The most of a 429 or 5xx body read (and dropped) so that its connection can be reused; a longer one is closed.
+_DRAIN_BYTES = 64 * 1024
+
+
+def _read_body(response: requests.Response, deadline: float, limit: int, *, cut: bool = False) -> bytes:
+    """The body (decoded as its Content-Encoding says), read as it arrives until ``deadline`` (perf_counter).
+
+    Raises _TooLarge as soon as it is known to pass ``limit`` bytes (its Content-Length, or what arrived), or with
+    ``cut`` answers its first ``limit`` bytes then (the rest unread: the caller closes the response). Raises
+    _Deadline when ``deadline`` passes, and urllib3's errors for a broken connection or read timeout.
+    """
+    length = response.headers.get("Content-Length")
+    expected = int(length) if length is not None and length.isdigit() else None
+    if not cut and expected is not None and expected > limit:
+        raise _TooLarge
+    if "Content-Encoding" in response.headers:
+        expected = None  # the length is the encoded one's
+    raw = response.raw
+    # The socket waits no longer than the request's time left: a body that trickles in (each read within the
+    # per-read timeout) still ends at the deadline. Its own timeout is put back for the connection's next request.
+    sock = getattr(raw.connection, "sock", None)
+    per_read = sock.gettimeout() if sock is not None else None
+    chunks: list[bytes] = []
+    size = 0
     try:
-        body = response.json()
-    except ValueError:
-        raise PermanentUpstreamError(f"response is not JSON: {response.text[:100]!r}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("status"), bool):
-        raise PermanentUpstreamError("response has no boolean 'status'")
-    if body["status"] is False:
-        raise PermanentUpstreamError(f"school API refused: {body.get('message') or 'no message'}")
-    if "data" not in body:
-        raise PermanentUpstreamError("response has status true but no 'data'")
-    return body["data"]
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise _Deadline
+            if sock is not None:
+                sock.settimeout(remaining)
+            # read1: what has arrived (up to a chunk), without waiting for the chunk to fill.
+            chunk = raw.read1(_CHUNK_BYTES, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                if cut:
+                    chunks.append(chunk)
+                    return b"".join(chunks)[:limit]
+                raise _TooLarge
+            chunks.append(chunk)
+            if size == expected:  # all of it: urllib3 gave the connection back already; no read to see the end
+                return b"".join(chunks)
+    finally:
+        if sock is not None and sock.fileno() != -1:
+            sock.settimeout(per_read)
+
+
+def _drain(response: requests.Response, deadline: float) -> None:
+    """Read a short error body to its end so that the connection is reused; close a long one instead."""
+    try:
+        _read_body(response, deadline, _DRAIN_BYTES)
+    except (_TooLarge, _Deadline, urllib3_exceptions.HTTPError):
+        response.close()
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", errors="replace")
 
 
 def _retry_after_ms(response: requests.Response) -> int | None:
@@ -119,7 +224,7 @@ def _retry_after_ms(response: requests.Response) -> int | None:
 def _outcome(status: int) -> str:
     if status == 429:
         return "http_429"
-    return "ok" if status < 400 else f"http_{status // 100}xx"
+    return "ok" if status < 300 else f"http_{status // 100}xx"
 
 
 def _first_line(exc: BaseException) -> str:
