@@ -48,14 +48,15 @@ def resources(built: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 #: What an overlay deploys beyond the base: prod's RabbitMQ cluster (RabbitMQ's cluster operator).
-OVERLAY_RESOURCES = {"prod": ["rabbitmq.yaml"]}
+OVERLAY_RESOURCES = {"prod": ["rabbitmq.yaml", "rabbitmq-network.yaml"]}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_overlay_deploys_what_the_base_has_into_its_own_namespace(overlay):
     built = build(overlay)
     assert kustomization(overlay)["resources"] == ["../../base", *OVERLAY_RESOURCES.get(overlay, {})]
-    added = [("RabbitmqCluster", "rabbitmq"), ("PodDisruptionBudget", "rabbitmq")] if overlay == "prod" else []
+    added = ([("RabbitmqCluster", "rabbitmq"), ("PodDisruptionBudget", "rabbitmq"), ("NetworkPolicy", "rabbitmq")]
+             if overlay == "prod" else [])
     assert sorted(map(unhashed, built)) == sorted([*map(unhashed, build("base")), *added])
     assert {item["metadata"].get("namespace") for item in built} == {NAMESPACES[overlay]}
     assert not {item["kind"] for item in built} & CLUSTER_KINDS

@@ -110,6 +110,13 @@ def test_a_rabbitmq_cluster_is_checked_against_the_operators_crd(change, expecte
     ("Deployment", "sync-api", lambda item: item["spec"].update(replicas="2"), "'2' is not of type 'integer'"),
     ("CronJob", "booking-expiry-schedule", lambda item: item["spec"].update(concurrencyPolicy=False),
      "False is not of type 'string'"),
+    # NetworkPolicy (networking.k8s.io/v1): a misspelt field, a peer's selector misspelt, a port of the wrong type
+    ("NetworkPolicy", "mailer", lambda item: _rename(item["spec"], "policyTypes", "policyType"), "policyType"),
+    ("NetworkPolicy", "sync-api",
+     lambda item: _rename(item["spec"]["ingress"][0]["from"][0], "namespaceSelector", "namespaceselector"),
+     "namespaceselector"),
+    ("NetworkPolicy", "antrian-migrate", lambda item: item["spec"]["egress"][0]["ports"][0].update(port=[5432]),
+     "ports.0.port: [5432] is not valid"),
 ])
 def test_a_core_object_that_breaks_kubernetes_schema_is_rejected_strictly(kind, name, change, expected):
     problems = schema_problems(broken(kind, name, change))

@@ -26,7 +26,7 @@ import sync_api.entry
 import sync_api.gunicorn_conf
 import sync_api.sync.retries
 from antrian import messages
-from antrian.config import DEFAULT_METRICS_PORTS
+from antrian.config import DEFAULT_METRICS_PORTS, Settings
 from antrian.runtime import heartbeat
 from antrian.runtime.workers import SHUTDOWN_TIMEOUT_MS
 from tests.deploy.k8s import (
@@ -248,12 +248,16 @@ def test_every_deployment_has_a_disruption_budget_that_lets_one_pod_go_at_a_time
     assert len(budgets) == len(of_kind(built, "Deployment")) + len(clusters)
 
 
-def test_sync_api_serves_probes_and_metrics_on_its_service_port_and_drains_before_it_stops(built):
+def test_sync_api_serves_probes_on_its_service_port_metrics_on_their_own_and_drains_before_it_stops(built):
     deployment = find(built, "Deployment", "sync-api")
     container = the_container(deployment)
     assert "command" not in container and "args" not in container, "the image's CMD, sync-api (gunicorn), runs"
     ports = {item["name"]: item["containerPort"] for item in container["ports"]}
-    assert ports == {"http": int(env(container)["PORT"])} == {"http": 8000}
+    # /metrics answers without a token, so it is not on the API's port (SPEC: METRICS_PORT, 9190 for sync-api)
+    metrics_port = Settings().metrics_port_for("sync-api")
+    assert metrics_port == DEFAULT_METRICS_PORTS["sync-api"] != 8000
+    assert ports == {"http": int(env(container)["PORT"]), "metrics": metrics_port} == {"http": 8000, "metrics": 9190}
+    assert int(env(container).get("METRICS_PORT") or metrics_port) == metrics_port
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -264,13 +268,15 @@ def test_sync_api_serves_probes_and_metrics_on_its_service_port_and_drains_befor
     grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
     assert grace > int(sleep[1]) + sync_api.gunicorn_conf.graceful_timeout, grace
 
-    # The Service sends port 80 to the container's http port, and the ServiceMonitor scrapes /metrics there
+    # The Service sends port 80 to the container's http port, and the ServiceMonitor scrapes /metrics on the
+    # Service's metrics port, which leads to the container's
     service = find(built, "Service", "sync-api")
     assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(deployment))
-    [port] = service["spec"]["ports"]
-    assert port == {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    http, metrics = service["spec"]["ports"]
+    assert http == {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    assert metrics == {"name": "metrics", "port": metrics_port, "targetPort": "metrics", "protocol": "TCP"}
     [monitor] = of_kind(built, "ServiceMonitor")
     assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
     assert "namespaceSelector" not in monitor["spec"], "it scrapes its own namespace"
     [endpoint] = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == metrics["name"] and endpoint["path"] == "/metrics"

@@ -57,6 +57,10 @@ EXPECTED = {
     ("TriggerAuthentication", "antrian-rabbitmq"),
     # k8s/base/observability: the alerts and the Grafana dashboard
     ("PrometheusRule", "antrian"), ("ConfigMap", "antrian-grafana-dashboard"),
+    # The namespace's default-deny, DNS for all, and each workload's flows (test_k8s_network.py)
+    ("NetworkPolicy", "default-deny"), ("NetworkPolicy", "allow-dns"),
+    *{("NetworkPolicy", name) for name in ("sync-api", "sync-worker", "mailer", "booking-expiry",
+                                           "booking-expiry-schedule", "antrian-migrate")},
 }
 #: How migrate.yaml's comment (and the README) apply the migration Job, and the ConfigMap it reads, first.
 PRE_ROLLOUT_SELECTOR = "app.kubernetes.io/component in (config,migration)"
@@ -142,15 +146,19 @@ def test_the_config_map_is_valid_configuration_for_every_process(built):
         assert any(settings.mail_file_dir.startswith(f"{mount}/") for mount in mounts), settings.mail_file_dir
 
 
-def test_every_container_reads_the_config_map_and_then_the_secret_whose_keys_win(built):
-    expected = [{"configMapRef": {"name": config_map(built)["metadata"]["name"]}},
-                {"secretRef": {"name": SECRET_NAME}}]
+def test_every_container_reads_the_config_map_whole_and_the_secret_key_by_key(built):
+    """The ConfigMap as a whole; the Secret's keys one by one (which ones: test_k8s_secrets.py)."""
+    expected = [{"configMapRef": {"name": config_map(built)["metadata"]["name"]}}]
     for workload in workloads(built):
         for container in containers(workload):
             name = workload["metadata"]["name"]
             assert container["envFrom"] == expected, name
             variables = env(container)
             assert set(variables) <= SETTING_NAMES | OTHER_VARIABLES, (name, set(variables) - SETTING_NAMES)
+            for item in container.get("env", []):
+                if "valueFrom" in item:
+                    assert set(item["valueFrom"]) == {"secretKeyRef"}, (name, item["name"])
+                    assert item["valueFrom"]["secretKeyRef"]["name"] == SECRET_NAME, (name, item["name"])
             if "PROMETHEUS_MULTIPROC_BASE" in variables:
                 assert variables["PROMETHEUS_MULTIPROC_BASE"] in empty_dir_mounts(workload, container), name
 
@@ -231,10 +239,12 @@ def test_the_migration_job_runs_antrian_migrate_once_and_can_be_applied_first(bu
     assert spec["activeDeadlineSeconds"] > 0
     assert 0 < spec["ttlSecondsAfterFinished"], "a finished Job goes away, so a later release can create its own"
 
-    # `kubectl apply -k ... -l SELECTOR` picks the Job and the ConfigMap it reads, and nothing else
+    # `kubectl apply -k ... -l SELECTOR` picks the Job, the ConfigMap it reads and the NetworkPolicy that lets it
+    # reach PostgreSQL, and nothing else
     key, values = re.fullmatch(r"(\S+) in \((\S+)\)", PRE_ROLLOUT_SELECTOR).groups()
     selector = {"matchExpressions": [{"key": key, "operator": "In", "values": values.split(",")}]}
     picked = {(item["kind"], item["metadata"]["name"]) for item in built
               if selects(selector, item["metadata"].get("labels", {}))}
-    assert picked == {("Job", "antrian-migrate"), ("ConfigMap", config_map(built)["metadata"]["name"])}
+    assert picked == {("Job", "antrian-migrate"), ("ConfigMap", config_map(built)["metadata"]["name"]),
+                      ("NetworkPolicy", "antrian-migrate")}
     assert f"-l '{PRE_ROLLOUT_SELECTOR}'" in (BASE / "migrate.yaml").read_text()
