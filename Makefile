@@ -42,6 +42,7 @@ test-fast: check ## The fast tier while editing (under a minute): the checks, th
 test: check services ## Install what the tests need and run them all: the checks, every test, then the restarts
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-promtool.sh
+	@scripts/ensure-alertmanager.sh
 	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not restarts and not cluster"
 	$(BIN)/pytest -m restarts
 

@@ -30,6 +30,8 @@ MODELS: dict[tuple[str, str], type[pydantic.BaseModel]] = {
 #: model: RabbitMQ's cluster operator (its "$comment" names the operator's commit it was taken from).
 SCHEMAS: dict[tuple[str, str], str] = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmq.com_rabbitmqclusters.v1beta1.json",
+    # prometheus-operator's AlertmanagerConfig, which cloudcoil's models do not have (k8s/base/observability).
+    ("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig"): "monitoring.coreos.com_alertmanagerconfigs.v1alpha1.json",
 }
 CRDS = Path(__file__).parent / "crds"
 #: The API groups whose objects are checked here rather than by kubernetes-validate.

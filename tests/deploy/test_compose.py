@@ -278,14 +278,14 @@ def test_rabbitmq_serves_its_management_ui_and_prometheus_metrics(services):
 
 def test_prometheus_scrapes_every_process_by_service_name_on_the_port_it_serves(services):
     targets = scrape_targets()
+    # Every antrian process serves /metrics on its METRICS_PORT; sync-api's is not its API port
     expected = {
-        "sync-api": int(services["sync-api"]["environment"]["PORT"]),
-        **{name: int(services[name]["environment"]["METRICS_PORT"]) for name in WORKERS},
+        **{name: int(services[name]["environment"]["METRICS_PORT"]) for name in DEFAULT_METRICS_PORTS},
         "rabbitmq": RABBITMQ_PROMETHEUS_PORT,
     }
     # Each compose port agrees with antrian's defaults, so an image run without them serves the same port
-    assert expected["sync-api"] == Settings().port
-    assert all(expected[name] == DEFAULT_METRICS_PORTS[name] for name in WORKERS)
+    assert all(expected[name] == DEFAULT_METRICS_PORTS[name] for name in DEFAULT_METRICS_PORTS)
+    assert expected["sync-api"] != int(services["sync-api"]["environment"]["PORT"]) == Settings().port
 
     assert set(targets) == set(expected), "one job per process that serves metrics, named after its service"
     for job, (path, host, port, labels) in targets.items():
@@ -304,6 +304,27 @@ def test_prometheus_reads_the_mounted_config_and_keeps_its_data_in_a_volume(serv
     assert f"prometheus-data:{options['storage.tsdb.path']}" in prometheus["volumes"]
     assert "127.0.0.1:9090:9090" in prometheus["ports"]
     assert "9090/-/ready" in " ".join(prometheus["healthcheck"]["test"])
+
+
+def test_prometheus_loads_antrians_alerts_and_sends_them_to_the_alertmanager(services):
+    # Given the rule file compose mounts beside the config, and the config's rule_files
+    prometheus = services["prometheus"]
+    mounts = bind_mounts(prometheus)
+    [rule_file] = prometheus_config()["rule_files"]
+    source, mode = mounts[rule_file]
+    assert source == DEPLOY / "alerts.rules.yml" and mode == "ro"
+    # Then it holds exactly the PrometheusRule's groups (one source of truth: scripts/compose-alert-rules.py)
+    generated = yaml.safe_load(source.read_text())
+    spec = yaml.safe_load((ROOT / "k8s" / "base" / "observability" / "alerts.yaml").read_text())["spec"]
+    assert generated == {"groups": spec["groups"]}, "run .venv/bin/python scripts/compose-alert-rules.py"
+    promtool = ROOT / "var" / "tools" / "promtool"
+    assert promtool.exists(), "var/tools/promtool is missing: run scripts/ensure-promtool.sh (make test does)"
+    checked = subprocess.run([str(promtool), "check", "rules", str(source)], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # And the alerts it fires go to the compose Alertmanager
+    [target] = prometheus_config()["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093" and "alertmanager" in services
 
 
 def test_grafana_provisions_the_compose_prometheus_as_its_data_source(services):

@@ -168,7 +168,8 @@ def test_the_folder_builds_the_prometheus_rule_and_the_dashboard_config_map():
     result = subprocess.run([kubectl, "kustomize", str(OBSERVABILITY)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     built = {(item["kind"], item["metadata"]["name"]): item for item in yaml.safe_load_all(result.stdout) if item}
-    assert set(built) == {("PrometheusRule", "antrian"), ("ConfigMap", "antrian-grafana-dashboard")}
+    assert set(built) == {("PrometheusRule", "antrian"), ("ConfigMap", "antrian-grafana-dashboard"),
+                          ("AlertmanagerConfig", "antrian")}
 
     rule = built["PrometheusRule", "antrian"]
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -316,7 +317,7 @@ def test_every_metric_the_alerts_and_the_dashboard_read_is_exported(
     upstream = start_school_api("--transient-rate", "0.3", "--permanent-rate", "0.2")
     web = start_web()
     processes = {
-        "sync-api": f"{web}/metrics",
+        "sync-api": web.metrics,
         "sync-worker": start_worker(upstream, threads=4).metrics_url,
         "mailer": start_dramatiq("mailer", threads=2, **smtp_server.env()).metrics_url,
         "booking-expiry": start_dramatiq("booking-expiry", threads=2).metrics_url,
