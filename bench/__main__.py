@@ -7,7 +7,8 @@ sweep vs the old one-transaction-per-booking loop, and the sweep's query plan; (
 vs retrying them one at a time; (i) payment notifications (each asks the gateway's status API) vs GET /healthz,
 and reconciling pending bookings vs the gateway's rate limit; (j) the sync rate with no UPSTREAM_RATE_LIMIT vs one
 far above it and one at twice it; (k) how soon a pause of sync-pembayaran holds, and a resume takes effect, across
-4 sync-worker processes; (l) quorum queues vs classic ones, end to end, fan-out and bare Dramatiq. The figures go
+4 sync-worker processes; (l) quorum queues vs classic ones, end to end, fan-out and bare Dramatiq; (m) one scrape
+of sync-api's /metrics with 100,000 payments vs GET /healthz. The figures go
 to stdout
 as a table and to bench/results/latest.json; process logs to bench/results/logs/<time>/.
 """
@@ -35,10 +36,11 @@ from . import (
     queue_types,
     rate_limit,
     retry_all,
+    scrape_cost,
     sync_throughput,
 )
 
-PARTS = ("a", "b", "c", "e", "f", "g", "h", "i", "j", "k", "l")
+PARTS = ("a", "b", "c", "e", "f", "g", "h", "i", "j", "k", "l", "m")
 #: Defaults of the full suite, and of ``--small`` (a quick check that everything works).
 #: (a) runs both sides with Dramatiq's default of 8 threads per process: with an instant upstream,
 #: more threads only add GIL hand-offs (futex time) to both.
@@ -57,11 +59,13 @@ FULL = {"a_students": 20_000, "a_processes": 2, "a_threads": 8,
         "i_notifications": 2_000, "i_concurrency": 8, "i_bookings": 10_000, "i_rate_limit": 500,
         "j_students": 20_000, "j_processes": 2, "j_threads": 8, "j_repeats": 3, "j_far_limit": 100_000.0,
         "k_students": 40_000, "k_processes": 4, "k_threads": 4, "k_cycles": 5,
-        "l_students": 20_000, "l_processes": 2, "l_threads": 8}
+        "l_students": 20_000, "l_processes": 2, "l_threads": 8,
+        "m_payments": 100_000, "m_run_items": 50_000, "m_scrapes": 200}
 SMALL = {**FULL, "a_students": 2_000, "b_students": 610, "c_students": 10_000, "c_samples": 5, "c_publish": 10_000,
          "e_seconds": 5, "f_emails": 500, "g_bookings": 10_000, "g_repeats": 1, "g_plan_bookings": 100_000,
          "h_jobs": 2_000, "i_notifications": 200, "i_bookings": 1_000, "j_students": 4_000,
-         "k_students": 10_000, "k_cycles": 2, "l_students": 3_000}
+         "k_students": 10_000, "k_cycles": 2, "l_students": 3_000,
+         "m_scrapes": 50}
 
 
 class BenchTimeout(BaseException):
@@ -158,6 +162,8 @@ def _run_part(part: str, engine, args: argparse.Namespace) -> dict:
     if part == "i":
         return payments.run(engine, notifications=args.i_notifications, concurrency=args.i_concurrency,
                             bookings=args.i_bookings, rate_limit=args.i_rate_limit)
+    if part == "m":
+        return scrape_cost.run(engine, payments=args.m_payments, run_items=args.m_run_items, scrapes=args.m_scrapes)
     if part == "l":
         return queue_types.run(engine, students=args.l_students, processes=args.l_processes, threads=args.l_threads)
     if part == "k":
@@ -255,6 +261,7 @@ def table_rows(parts: dict) -> list[dict]:
     rate_limit.rows(parts.get("j", {}), add)
     pause_reaction.rows(parts.get("k", {}), add)
     queue_types.rows(parts.get("l", {}), add)
+    scrape_cost.rows(parts.get("m", {}), add)
     return rows
 
 

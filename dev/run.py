@@ -106,7 +106,8 @@ CHILDREN = [
           ("python", "dev/mail_sink.py", "--host", "127.0.0.1", "--smtp-port", "{sink_smtp_port}",
            "--web-port", "{sink_port}", "--dir", "{sink_dir}"),
           condition=smtp_unset, ready="http://127.0.0.1:{sink_port}/api/messages"),
-    Child("sync-api", ("sync-api",), ready="http://127.0.0.1:{port}/healthz"),
+    # Its /metrics on the port below the workers' (9190 by default), not on its API port.
+    Child("sync-api", ("sync-api",), ready="http://127.0.0.1:{port}/healthz", metrics_offset=-1),
     Child("sync-worker", ("sync-worker", "--processes", "1", "--threads", "16"),
           ready="http://127.0.0.1:{metrics_port}/metrics", metrics_offset=0),
     Child("mailer", ("mailer", "--processes", "1", "--threads", "4"),
@@ -305,10 +306,11 @@ def where_to_look(running: list[Running], env: dict[str, str], ports: dict[str, 
     say(f"  jobs page   {base}/admin/jobs  (queues, failed jobs; or `antrian queues`, `antrian jobs failed`)")
     say(f"  API         {base}/api/  (Authorization: Bearer <API_TOKEN>)")
     say(f"  API_TOKEN   {secret('API_TOKEN')}")
-    say(f"  metrics     {base}/metrics (sync-api)")
-    for item in running:
+    label = "  metrics   "
+    for item in running:  # sync-api's first: its port is the workers' base less one
         if item.metrics_port is not None:
-            say(f"              http://127.0.0.1:{item.metrics_port}/metrics ({item.child.name})")
+            say(f"{label} http://127.0.0.1:{item.metrics_port}/metrics ({item.child.name})")
+            label = " " * len(label)
     say(f"  school API  {env['UPSTREAM_BASE_URL']}")
     say(f"  gateway     {env.get('PAYMENT_API_BASE_URL') or 'the payment gateway sandbox (PAYMENT_API_BASE_URL unset)'}"
         "  (its status API confirms every payment)")

@@ -71,6 +71,7 @@ TABLES = (
     "students", "sync_runs", "sync_items", "tours", "bookings", "payments", "outbox", "email_deliveries",
     "scheduled_task_runs", "failed_jobs", "failed_job_actions",
     "idempotency_keys", "message_wait_counts", "paused_queues", "rate_limits",
+    "operator_tokens", "admin_sessions", "login_failures", "audit_events",
 )
 
 
@@ -150,18 +151,27 @@ def start_worker(start_dramatiq):
     return start
 
 
+class WebUrl(str):
+    """sync-api's base URL; ``.metrics`` is its ``/metrics`` on METRICS_PORT (not on the API's port)."""
+
+    metrics: str
+
+
 @pytest.fixture
 def start_web(services, tmp_path):
-    """Start sync-api under gunicorn; returns its base URL."""
+    """Start sync-api under gunicorn; returns its base URL (a :class:`WebUrl`, with ``.metrics``)."""
 
-    def start(**env: str) -> str:
-        port = free_port()
+    def start(**env: str) -> WebUrl:
+        port, metrics_port = free_port(), free_port()
         service = Service(
-            f"sync-api-{port}", [str(BIN / "sync-api"), "--workers", "2"], base_env(PORT=str(port), **env), tmp_path,
+            f"sync-api-{port}", [str(BIN / "sync-api"), "--workers", "2"],
+            base_env(PORT=str(port), **{"METRICS_PORT": str(metrics_port), **env}), tmp_path,
             ready_url=f"http://127.0.0.1:{port}/healthz",
         )
         services.append(service.start())
-        return f"http://127.0.0.1:{port}"
+        url = WebUrl(f"http://127.0.0.1:{port}")
+        url.metrics = f"http://127.0.0.1:{env.get('METRICS_PORT', metrics_port)}/metrics"
+        return url
 
     return start
 

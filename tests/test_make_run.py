@@ -55,9 +55,9 @@ def run_env(**overrides: str) -> dict[str, str]:
     """The test database and vhost, and free ports so a developer's own ``make run`` is left alone."""
     ports = {name: str(free_port()) for name in ("PORT", "DEV_SCHOOL_API_PORT", "MAIL_SINK_PORT",
                                                  "MAIL_SINK_SMTP_PORT", "DEV_PAYMENT_GATEWAY_PORT")}
-    # The workers take METRICS_PORT and the next two: all three free, and below the kernel's ephemeral range,
-    # so that no port another test asks the kernel for can land on the second or third meanwhile
-    ports["METRICS_PORT"] = str(free_ports_in_a_row(3))
+    # The workers take METRICS_PORT and the next two, sync-api the one before: all four free, and below the
+    # kernel's ephemeral range, so that no port another test asks the kernel for can land on one meanwhile
+    ports["METRICS_PORT"] = str(free_ports_in_a_row(4) + 1)
     env = base_env(**{**ports, "DEMO_DATA": "true"})
     for name in SHELL_SETTINGS:
         env.pop(name, None)
@@ -190,7 +190,8 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_
     assert f"development mail sink takes the mail at 127.0.0.1:{env['MAIL_SINK_SMTP_PORT']}" in out
     assert f"development payment gateway stands in at http://127.0.0.1:{env['DEV_PAYMENT_GATEWAY_PORT']}" in out
     assert f"http://127.0.0.1:{port}/admin/sync-pembayaran" in out and f"http://127.0.0.1:{port}/admin/jobs" in out
-    assert f"http://127.0.0.1:{port}/metrics" in out and f"http://127.0.0.1:{worker_metrics}/metrics" in out
+    assert f"http://127.0.0.1:{worker_metrics - 1}/metrics (sync-api)" in out
+    assert f"http://127.0.0.1:{port}/metrics" not in out and f"http://127.0.0.1:{worker_metrics}/metrics" in out
     assert f"http://127.0.0.1:{worker_metrics + 1}/metrics (mailer)" in out
     assert f"http://127.0.0.1:{worker_metrics + 2}/metrics (booking-expiry)" in out
     assert "unpaid bookings expire 30 min after they are made" in out and "swept every 300 s" in out
@@ -198,6 +199,7 @@ def test_on_an_empty_database_make_run_syncs_500_demo_students_sells_a_tour_and_
     assert re.search(r"PAYMENT_SERVER_KEY \S+ +\(generated for this run\)", out)
     assert re.search(r"^sync-worker +\| ", out, re.MULTILINE), "child output is prefixed with its name"
     assert requests.get(f"http://127.0.0.1:{env['DEV_SCHOOL_API_PORT']}/healthz", timeout=5).ok
+    assert requests.get(f"http://127.0.0.1:{worker_metrics - 1}/metrics", timeout=5).ok  # sync-api's
     assert requests.get(f"http://127.0.0.1:{worker_metrics}/metrics", timeout=5).ok
     assert requests.get(f"http://127.0.0.1:{worker_metrics + 1}/metrics", timeout=5).ok
     assert requests.get(f"http://127.0.0.1:{worker_metrics + 2}/metrics", timeout=5).ok

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.fast
 
 #: The folder of each service under services/, each with its Dockerfile.
 FOLDERS = ("sync-api", "mailer", "booking-expiry")
-#: What each image serves on: sync-api's PORT (and sync-worker's metrics: one image), the workers' metrics.
+#: What each image serves on: sync-api's PORT and metrics (and sync-worker's metrics: one image), the workers'.
 EXPOSED = {
-    "sync-api": {Settings().port, DEFAULT_METRICS_PORTS["sync-worker"]},
+    "sync-api": {Settings().port, DEFAULT_METRICS_PORTS["sync-api"], DEFAULT_METRICS_PORTS["sync-worker"]},
     "mailer": {DEFAULT_METRICS_PORTS["mailer"]},
     "booking-expiry": {DEFAULT_METRICS_PORTS["booking-expiry"]},
 }

@@ -282,16 +282,18 @@ def test_the_venv_python_is_the_images_python_version():
 
 
 def test_sync_api_answers_health_and_readiness_then_stops_cleanly_on_sigterm(clean, services, tmp_path):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    web, venv = start_in_image("sync-api", services, tmp_path, ready_url=f"{url}/healthz", PORT=str(port))
+    web, venv = start_in_image("sync-api", services, tmp_path, ready_url=f"{url}/healthz", PORT=str(port),
+                               METRICS_PORT=str(metrics_port))
 
     # The entry point execs gunicorn: the process that gets SIGTERM is the server, from the image's venv
     command_line = web.executable()
     assert command_line[0].startswith(str(venv)) and "gunicorn" in command_line, command_line
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
     wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30, what=f"sync-api's /readyz\n{web.log()[-3000:]}")
-    assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
+    assert requests.get(f"{url}/metrics", timeout=5).status_code == 404  # on METRICS_PORT only
+    assert requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).status_code == 200
 
     web.stop_cleanly(grace_seconds("sync-api"))
 

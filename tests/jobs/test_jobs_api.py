@@ -41,7 +41,7 @@ def test_failed_jobs_are_listed_newest_first_by_queue_and_shown_with_their_trace
     assert requests.delete(f"{web}/api/jobs/failed?queue=emails", headers=auth).json()["flushed"] == 1
     assert requests.delete(f"{web}/api/jobs/failed", headers=auth).json()["flushed"] == 1
     assert failed_rows(clean) == []
-    page = requests.get(f"{web}/metrics").text
+    page = requests.get(web.metrics).text
     assert 'antrian_failed_jobs_flushed_total{queue="sync-pembayaran"} 1.0' in page
     assert 'antrian_failed_jobs_flushed_total{queue="emails"} 1.0' in page
 
@@ -50,8 +50,8 @@ def test_the_stored_failed_jobs_gauge_counts_by_queue_and_actor(web, clean):
     for n in range(3):
         store(clean, SEND_ETICKET_EMAIL, n)
     store(clean, EXPIRE_UNPAID_BOOKINGS)
-    assert metric(f"{web}/metrics", "antrian_failed_jobs", queue="emails", actor="send_eticket_email") == 3
-    assert metric(f"{web}/metrics", "antrian_failed_jobs", queue="booking-expiry") == 1
+    assert metric(web.metrics, "antrian_failed_jobs", queue="emails", actor="send_eticket_email") == 3
+    assert metric(web.metrics, "antrian_failed_jobs", queue="booking-expiry") == 1
 
 
 BAD_REQUESTS = [
@@ -126,8 +126,8 @@ def test_queues_show_ready_unacknowledged_delayed_failed_consumers_and_rates(
     assert busy["ready"] + busy["unacknowledged"] == 6 and busy["dead_lettered"] == 1
     assert busy["delayed"] == 0 and busy["publish_rate"] >= 0 and busy["ack_rate"] >= 0
     # The same numbers are metrics of sync-api, for the dashboard
-    assert metric(f"{web}/metrics", "antrian_queue_consumers", queue="emails") == 1
-    assert metric(f"{web}/metrics", "antrian_queue_messages", queue="emails", state="unacknowledged") >= 1
+    assert metric(web.metrics, "antrian_queue_consumers", queue="emails") == 1
+    assert metric(web.metrics, "antrian_queue_messages", queue="emails", state="unacknowledged") >= 1
     release.set()
     smtp_server.on_accept = None
     wait_until(lambda: (q := emails())["ready"] == 0 and q["unacknowledged"] == 0, timeout=60, interval=1,

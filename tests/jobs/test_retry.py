@@ -84,7 +84,7 @@ def test_retried_students_turn_their_runs_failures_into_successes_with_exact_cou
         audit = connection.exec_driver_sql(
             "SELECT source, sum(jobs) FROM failed_job_actions WHERE action = 'retry' GROUP BY source").all()
     assert dict(audit) == {"api": 2, "cli": 4}
-    metrics = requests.get(f"{web}/metrics", timeout=5).text
+    metrics = requests.get(web.metrics, timeout=5).text
     assert 'antrian_failed_jobs_retried_total{queue="sync-pembayaran"} 6.0' in metrics
     # The latest run's gauges, for the dashboard: all processed, none failed, not running
     for line in (f"antrian_sync_run_id {run_id}.0", "antrian_sync_run_students 20.0", "antrian_sync_run_processed 20.0",

@@ -1,9 +1,11 @@
-"""gunicorn settings for sync-api: sync threads (not gevent), metrics shared across worker processes."""
+"""gunicorn settings for sync-api: sync threads (not gevent), metrics shared across worker processes and served
+by the master on ``METRICS_PORT``."""
 
 from __future__ import annotations
 
 from antrian.config import load_settings
 from antrian.metrics import mark_process_dead, prepare_multiprocess_dir
+from antrian.runtime.startup import EXIT_CONFIG, fail
 
 worker_class = "gthread"
 workers = 2
@@ -31,9 +33,37 @@ preload_app = False
 
 
 def on_starting(server) -> None:
-    """Once, in the master before any worker: an empty metrics folder (not again on a HUP reload)."""
-    settings = load_settings()
-    prepare_multiprocess_dir(settings, "sync-api", settings.port)
+    """Once, in the master before any worker (not again on a HUP reload): an empty metrics folder, and the
+    metrics server on ``METRICS_PORT``.
+
+    Only the master can serve every worker's metrics from one port (a worker would bind it once per process),
+    and it outlives its workers. The server's threads read the state metrics through an engine they make at
+    the first scrape, which a worker forked later forgets (:class:`sync_api.web.state_metrics.ForkSafeEngine`).
+    The ORM is configured here, before any fork and any thread, so no worker inherits its lock held.
+    """
+    prepare_multiprocess_dir(load_settings(), "sync-api", load_settings().port)
+    settings = load_settings()  # with the metrics folder just exported
+    # Imported only now: prometheus_client must see the metrics folder just exported.
+    from sqlalchemy.orm import configure_mappers
+
+    from sync_api.web.state_metrics import metrics_server
+
+    configure_mappers()
+    address = f"{settings.host}:{settings.metrics_port_for('sync-api')}"
+    if settings.metrics_port_for("sync-api") == settings.port:
+        fail("sync-api", f"METRICS_PORT must differ from PORT ({settings.port}): /metrics is not served on the API's "
+                         "port", EXIT_CONFIG)
+    try:
+        server.antrian_metrics = metrics_server(settings).start()
+    except OSError as exc:
+        fail("sync-api", f"cannot serve /metrics on {address} (METRICS_PORT): {exc.strerror or exc}", EXIT_CONFIG)
+    server.log.info("Serving /metrics at: http://%s/metrics", address)
+
+
+def on_exit(server) -> None:
+    metrics = getattr(server, "antrian_metrics", None)
+    if metrics is not None:
+        metrics.stop()
 
 
 def child_exit(server, worker) -> None:

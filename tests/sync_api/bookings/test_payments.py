@@ -128,7 +128,7 @@ def test_a_settlement_after_expiry_takes_the_seats_again_or_records_money_to_ref
     assert late.status_code == 200 and late.json()["outcome"] == "refund_due"
     state = booking_state(engine, unlucky["id"])
     assert state["status"] == "expired" and state["quota"] == 0 and state["payments"] == 2
-    metrics = requests.get(f"{web}/metrics").text
+    metrics = requests.get(web.metrics).text
     assert "antrian_payments_refund_due 1.0" in metrics
     assert 'antrian_payments_total{outcome="refund_due"} 1.0' in metrics
 

@@ -52,7 +52,7 @@ def test_a_stalled_run_is_cancelled_and_a_new_run_starts_and_finishes(
     # (no new run can start meanwhile, and the idle gauge counts the seconds since the last outcome)
     refused = requests.post(f"{web}/api/sync-runs", headers=auth, timeout=5)
     assert refused.status_code == 409 and refused.json()["id"] == run_id
-    wait_until(lambda: metric(f"{web}/metrics", "antrian_sync_run_idle_seconds") >= 1, timeout=10,
+    wait_until(lambda: metric(web.metrics, "antrian_sync_run_idle_seconds") >= 1, timeout=10,
                what="the idle gauge to rise")
 
     # When an operator cancels it
@@ -65,7 +65,7 @@ def test_a_stalled_run_is_cancelled_and_a_new_run_starts_and_finishes(
     assert (cancelled["total"], cancelled["processed"], cancelled["failed"]) == (STUDENTS, STUDENTS - 1, 0)
     assert get_run(web, auth, run_id) == cancelled
     assert items(clean, run_id) == {i: ("pending" if i == lost else "success") for i in idpersons(STUDENTS)}
-    assert metric(f"{web}/metrics", "antrian_sync_run_idle_seconds") == 0
+    assert metric(web.metrics, "antrian_sync_run_idle_seconds") == 0
     # And it cannot be cancelled or resumed again
     for action in ("cancel", "resume"):
         again = requests.post(f"{web}/api/sync-runs/{run_id}/{action}", headers=auth, timeout=5)

@@ -41,7 +41,7 @@ def test_a_thousand_students_end_with_exact_counts(clean, start_school_api, star
     assert f'antrian_sync_students_total{{outcome="success"}} {float(1000 - len(failures))}' in metrics
     assert 'antrian_upstream_request_seconds_count{outcome="http_5xx"}' in metrics
     assert "dramatiq_messages_total" in metrics
-    web_metrics = requests.get(f"{web}/metrics", timeout=5).text
+    web_metrics = requests.get(web.metrics, timeout=5).text
     assert 'antrian_http_requests_total{method="POST",route="/api/sync-runs",status="202"} 1.0' in web_metrics
     assert "antrian_http_request_duration_seconds_bucket" in web_metrics
 

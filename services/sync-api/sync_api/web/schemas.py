@@ -48,11 +48,13 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Whether the database and the broker are reachable (503 with ``error`` when one is not)."""
+    """Whether the database and the broker are reachable; 503 naming only which is not (the reason goes to the
+    log: this answers anyone, so it carries no host, user or error text)."""
 
     model_config = ConfigDict(extra="allow")
 
     status: str = Field(description="``ok`` or ``unavailable``")
-    database: str | None = None
-    broker: str | None = None
-    error: str | None = None
+    database: str | None = Field(default=None, description="``ok`` or ``unreachable``")
+    broker: str | None = Field(default=None, description="``ok`` or ``unreachable``")
+    error: str | None = Field(default=None, description="on a 503: which is unreachable (``database``, ``broker``, "
+                                                         "or both), nothing more")
