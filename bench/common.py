@@ -33,7 +33,7 @@ DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
 ADMIN_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 VHOST = "antrian_bench"
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-API_TOKEN = "bench-token-0123456789"
+API_TOKEN = "bench-token-0123456789-0123456789-abc"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SYNC_QUEUES = ("sync-pembayaran", "sync-pembayaran.DQ", "sync-pembayaran.XQ")
 EMAIL_QUEUES = ("emails", "emails.DQ", "emails.XQ")
@@ -243,10 +243,11 @@ def start_sync_worker(upstream: str, *, processes: int, threads: int, **env: str
 
 def start_sync_api(**env: str) -> str:
     """The real ``sync-api`` (gunicorn, its own default workers and threads), with ``env`` added to its
-    environment; returns its base URL."""
+    environment; returns its base URL. Its /metrics is on METRICS_PORT (a free port unless ``env`` names one)."""
     port = free_port()
     Service(
-        f"sync-api-{port}", [str(BIN / "sync-api")], base_env(PORT=str(port), **env),
+        f"sync-api-{port}", [str(BIN / "sync-api")],
+        base_env(PORT=str(port), **{"METRICS_PORT": str(free_port()), **env}),
         ready_url=f"http://127.0.0.1:{port}/healthz",
     ).start()
     return f"http://127.0.0.1:{port}"

@@ -30,6 +30,7 @@ SEED = text(
 
 
 def run(engine: Engine, *, jobs: int) -> dict:
+    from antrian.access.audit import Actor
     from antrian.config import load_settings
     from antrian.jobs import failed_jobs
     from antrian.runtime.broker import make_broker
@@ -40,7 +41,7 @@ def run(engine: Engine, *, jobs: int) -> dict:
         broker.declare_queue("emails", ensure=True)
         _seed(engine, jobs)
         started = time.perf_counter()
-        retried = failed_jobs.retry(engine, broker, common.BROKER_URL, source="bench")
+        retried = failed_jobs.retry(engine, broker, common.BROKER_URL, by=Actor("bench", "cli"))
         batched_s = time.perf_counter() - started
         batched_check = _check(engine, jobs, retried)
 

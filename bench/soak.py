@@ -69,7 +69,7 @@ DATABASE = "antrian_soak"
 DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
 VHOST = "antrian_soak"
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-API_TOKEN = "soak-token-0123456789"
+API_TOKEN = "soak-token-0123456789-0123456789-abcd"
 PAYMENT_SERVER_KEY = "soak-server-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 #: The workers restarted in turn, and how: SIGKILL to the whole process group (an OOM kill, a lost node) or

@@ -25,6 +25,10 @@ DEFAULT_PAYMENT_API_BASE_URL = "https://api.sandbox.midtrans.com"
 #: Field metadata of a secret: its value is never echoed in an error.
 SECRET = {"secret": True}
 
+#: Failed sign-ins (the admin login form, or a wrong bearer token) allowed per window, per client address and per
+#: token prefix, before sync-api answers 429.
+LOGIN_FAILURES_ALLOWED = 10
+
 #: A shorter ``API_TOKEN`` is refused: it opens everything, so it must not be guessable.
 MIN_API_TOKEN_LENGTH = 32
 
@@ -124,6 +128,9 @@ class Settings:
     antrian_heartbeat_dir: str | None = None
     #: ``ANTRIAN_HEARTBEAT_INTERVAL_S``: seconds between two beats of a worker process.
     antrian_heartbeat_interval_s: float = 10.0
+    #: ``ANTRIAN_LOGIN_WINDOW_S``: sync-api's sign-in throttle window: past :data:`LOGIN_FAILURES_ALLOWED` failed
+    #: sign-ins from one address (or with one token prefix) within it, sign-ins are refused (429) until it ends.
+    antrian_login_window_s: float = 300.0
     #: ``PROMETHEUS_MULTIPROC_BASE``: where each service's metrics folder is made (default: the temp dir).
     prometheus_multiproc_base: str | None = None
     #: ``PROMETHEUS_MULTIPROC_DIR``: this service's metrics folder, once antrian.metrics prepared it.
@@ -289,6 +296,7 @@ _PARSERS: dict[str, Any] = {
     "log_level": _one_of("debug", "info", "warning", "error"),
     "antrian_heartbeat_dir": _text,
     "antrian_heartbeat_interval_s": _positive_float,
+    "antrian_login_window_s": _positive_float,
     "prometheus_multiproc_base": _text,
     "prometheus_multiproc_dir": _text,
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from antrian.access.audit import command_actor
 from antrian.cli.demo import seed_students
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
@@ -73,7 +74,7 @@ def test_a_run_survives_packet_loss_delay_and_a_blackout_on_the_rabbitmq_path(
     try:
         worker.start(timeout=60)
         broker = make_broker(settings_for_tests())
-        run = start_run(clean, broker)
+        run = start_run(clean, broker, by=command_actor())
         broker.close()
         wait_until(lambda: processed(clean, run["id"]) >= 20, timeout=60, what="the run under way")
 

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from sqlalchemy import text
 
+from antrian.access.audit import command_actor
 from antrian.cli.demo import seed_students
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import start_run
@@ -101,7 +102,7 @@ def test_a_black_holed_school_api_costs_timeouts_and_retries_and_the_run_ends_ex
     seed_students(clean, STUDENTS)
     start_worker(upstream, threads=8, UPSTREAM_TIMEOUT_S=str(TIMEOUT_S))
     broker = make_broker(settings_for_tests())
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     broker.close()
     web = start_web()  # meanwhile the run goes on
 

@@ -7,6 +7,7 @@ an aiosmtpd server and headless Chromium.
 
 from __future__ import annotations
 
+import getpass
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ import requests
 from playwright.sync_api import Page, expect
 from sqlalchemy import text
 
+from antrian.access.audit import command_actor
 from antrian.config import load_settings
 from antrian.jobs import pauses
 from antrian.runtime.pauses import POLL_INTERVAL_S, HonourPauses
@@ -65,7 +67,7 @@ def test_a_paused_queue_sends_nothing_on_any_mailer_keeps_its_messages_through_a
     # When the emails queue is paused from the API, and the emails being sent then go through
     answer = requests.post(f"{web}/api/queues/emails/pause", headers=auth, timeout=10)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["paused"] is True and answer.json()["paused_by"] == "api"
+    assert answer.json()["paused"] is True and answer.json()["paused_by"] == "API_TOKEN"
     time.sleep(POLL_INTERVAL_S + 1)
     gate.set()
 
@@ -102,18 +104,18 @@ def test_a_paused_queue_sends_nothing_on_any_mailer_keeps_its_messages_through_a
 
 def test_pause_and_resume_from_the_terminal_shown_in_antrian_queues_and_the_metrics(clean, start_web, auth):
     web = start_web()
-    metrics = f"{web}/metrics"
+    metrics = web.metrics
 
     paused = antrian("queues", "pause", "emails")
     assert paused.returncode == 0, paused.stderr
-    assert paused.stdout.startswith("emails paused since ") and "(from cli)" in paused.stdout
+    assert paused.stdout.startswith("emails paused since ") and f"(by cli:{getpass.getuser()})" in paused.stdout
     table = antrian("queues").stdout.splitlines()
     assert table[0].split()[-1] == "STATE"
     states = {line.split()[0]: line.split()[-1] for line in table[1:] if line and not line.startswith("(")}
     assert states == {"booking-expiry": "running", "emails": "paused", "sync-pembayaran": "running"}
     assert metric(metrics, "antrian_queue_paused", queue="emails") == 1
     assert metric(metrics, "antrian_queue_paused", queue="sync-pembayaran") == 0
-    assert emails_queue(web, auth)["paused_by"] == "cli"
+    assert emails_queue(web, auth)["paused_by"] == f"cli:{getpass.getuser()}"
 
     again = antrian("queues", "pause", "emails")  # pausing again keeps the first pause
     assert again.returncode == 0 and again.stdout.split("(from")[0] == paused.stdout.split("(from")[0]
@@ -149,7 +151,7 @@ def test_a_queue_is_paused_and_resumed_from_the_admin_page(clean, start_web, aut
     expect(page.locator("#message")).to_have_text("Queue emails paused: no worker takes its messages.")
     expect(state).to_have_text("paused")
     expect(button).to_have_text("Resume")
-    assert emails_queue(web, auth)["paused_by"] == "admin"
+    assert emails_queue(web, auth)["paused_by"] == "API_TOKEN"
     expect(queue_cell(page, "sync-pembayaran", "state")).to_have_text("running")
 
     button.click()
@@ -162,7 +164,7 @@ def test_a_worker_takes_nothing_before_its_first_read_and_keeps_the_last_set_whi
     settings = load_settings(base_env())
     honour = HonourPauses(settings)
     assert honour.is_paused("emails") and honour.is_paused("sync-pembayaran"), "nothing before the first read"
-    pauses.pause(clean, "emails", source="cli")
+    pauses.pause(clean, "emails", by=command_actor())
     assert honour.refresh() is True
     assert honour.is_paused("emails") and not honour.is_paused("sync-pembayaran")
     assert honour.is_paused("emails.DQ"), "a delay queue's messages belong to their queue"

@@ -9,6 +9,7 @@ import dramatiq
 from dramatiq.middleware import Retries, TimeLimit
 from sqlalchemy import text
 
+from antrian.access.audit import command_actor
 from antrian.jobs import failed_jobs
 from antrian.jobs.keep_failed import KeepFailedJobs, describe
 from antrian.messages import SEND_ETICKET_EMAIL
@@ -47,7 +48,7 @@ def test_a_retry_all_retries_only_what_was_stored_when_it_began(clean):
         broker = make_broker(settings())
         result = {}
         worker = threading.Thread(target=lambda: result.update(n=failed_jobs.retry(
-            clean, broker, BROKER_URL, source="cli", batch_size=2)))
+            clean, broker, BROKER_URL, by=command_actor(), batch_size=2)))
         worker.start()
         worker.join(30)
         broker.close()

@@ -74,7 +74,7 @@ def test_admin_runs_a_sync_from_the_page_and_sees_it_finish(
     expect(page.get_by_role("alert")).to_have_text("That token is not right.")
     expect(page).to_have_url(re.compile(r"/admin/login"))
     expect(page.locator("#token")).to_be_visible()
-    assert not [c for c in page.context.cookies() if c["name"] == "antrian_admin"]
+    assert not [c for c in page.context.cookies() if c["name"] == "antrian_session"]
 
     # When they sign in with the right token
     page.fill("#token", API_TOKEN)
@@ -83,10 +83,10 @@ def test_admin_runs_a_sync_from_the_page_and_sees_it_finish(
     # Then they land on the sync page with an HttpOnly session cookie that scripts cannot read
     expect(page).to_have_url(f"{web}/admin/sync-pembayaran")
     expect(page.get_by_role("heading", name="Sync pembayaran siswa")).to_be_visible()
-    cookie = next(c for c in page.context.cookies() if c["name"] == "antrian_admin")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "antrian_session")
     assert cookie["httpOnly"] is True
     assert cookie["sameSite"] == "Strict"
-    assert "antrian_admin" not in page.evaluate("document.cookie")
+    assert "antrian_session" not in page.evaluate("document.cookie")
     expect(page.locator("#state")).to_have_text("idle")
     expect(page.locator("#start")).to_be_enabled()
 

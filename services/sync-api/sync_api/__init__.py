@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from datetime import timedelta
-
 from flask import Flask
 
 from antrian.config import Settings
@@ -13,8 +10,6 @@ from antrian.runtime.startup import settings_or_exit
 
 #: The largest request body any route accepts (413 above it).
 MAX_BODY_BYTES = 64 * 1024
-#: PBKDF2 rounds for the session key: about 0.1 s once per process.
-SESSION_KEY_ROUNDS = 200_000
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -25,35 +20,32 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
         ANTRIAN=settings,
-        # Admin sessions are signed with a key derived from the token (slowly, so a captured cookie
-        # does not help guess the token); a new token logs everyone out.
-        SECRET_KEY=hashlib.pbkdf2_hmac(
-            "sha256", settings.require("api_token").encode(), b"antrian-admin-session", SESSION_KEY_ROUNDS
-        ).hex(),
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_NAME="antrian_admin",
+        # The admin session is a random id in a cookie, kept in PostgreSQL (sync_api.web.sessions): Flask's own
+        # signed session is not used, and needs no key.
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         JSON_SORT_KEYS=False,
         # No route takes more than a few kilobytes; a bigger body is refused before it is read.
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
 
     from sync_api import admin
+    from sync_api.access import api as access_api
     from sync_api.bookings import api as bookings_api
     from sync_api.bookings import payments_api
     from sync_api.jobs import api as jobs_api
     from sync_api.sync import api as sync_runs_api
-    from sync_api.web import errors, extensions, health, http_metrics, openapi
+    from sync_api.web import errors, extensions, headers, health, http_metrics, openapi
 
     extensions.init_app(app)
     errors.init_app(app)
+    headers.init_app(app)
     http_metrics.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(sync_runs_api.bp)
     app.register_blueprint(bookings_api.bp)
     app.register_blueprint(payments_api.bp)
     app.register_blueprint(jobs_api.bp)
+    app.register_blueprint(access_api.bp)
     app.register_blueprint(admin.bp)
     openapi.init_app(app)
     return app

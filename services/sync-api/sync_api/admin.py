@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, redirect, render_template, request, session, url_for
+import logging
+
+from flask import Blueprint, current_app, jsonify, make_response, redirect, render_template, request, url_for
 
 from antrian.jobs import queue_stats
 from antrian.sync import runs as sync_runs
 from sync_api.sync.api import start_run_response
 from sync_api.sync.schemas import Progress, RunFailures, RunStarted
-from sync_api.web import auth
+from sync_api.web import auth, sessions, throttle
 from sync_api.web.extensions import get_engine
 from sync_api.web.openapi import TOKEN_OR_SESSION, documented
 from sync_api.web.schemas import PageQuery
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+logger = logging.getLogger(__name__)
 
 #: What ``/admin/sync-pembayaran/progress`` answers before any run (the old admin page's shape).
 _NO_RUN = {"total": 0, "processed": 0, "failed": 0, "percent": 0.0, "isRunning": False, "successCount": 0}
@@ -27,21 +30,42 @@ def _safe_next(target: str | None) -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
+    """The sign-in form: a token (an operator's own, or ``API_TOKEN``) opens a session kept in PostgreSQL."""
     next_url = _safe_next(request.values.get("next"))
-    if request.method == "POST":
-        if auth.token_is_valid(request.form.get("token")):
-            session.clear()
-            session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME
-            session["admin"] = True
-            return redirect(next_url)
-        return render_template("login.html", next=next_url, error="That token is not right."), 401
-    return render_template("login.html", next=next_url, error=None)
+    if request.method == "GET":
+        return render_template("login.html", next=next_url, error=None)
+    candidate = (request.form.get("token") or "").strip()
+    settings = current_app.config["ANTRIAN"]
+    # A throttled address or token is refused before its token is even looked at, the right one included.
+    wait = throttle.retry_after(get_engine(), throttle.keys(auth.client_address(), candidate),
+                                window_s=settings.antrian_login_window_s)
+    operator = None if wait else (auth.check_token(candidate) if candidate else None)
+    if operator is None:
+        if not wait:
+            auth.refused_sign_in(candidate)
+        message = f"Too many failed sign-ins: try again in {wait} s." if wait else "That token is not right."
+        response = make_response(render_template("login.html", next=next_url, error=message), 429 if wait else 401)
+        if wait:
+            response.headers["Retry-After"] = str(wait)
+            logger.warning("admin sign-in from %s refused unchecked: throttled for %s s more", auth.client_address(),
+                           wait, extra={"event": "sign_in_throttled", "address": auth.client_address()})
+        return response
+    session_id = sessions.open_session(get_engine(), operator, address=auth.client_address())
+    response = make_response(redirect(next_url))
+    response.set_cookie(sessions.COOKIE, session_id, max_age=int(sessions.LIFETIME.total_seconds()), path="/",
+                        secure=settings.session_cookie_secure, httponly=True, samesite="Strict")
+    return response
 
 
 @bp.post("/logout")
 def logout():
-    session.clear()
-    return redirect(url_for("admin.login"))
+    """End the session here and everywhere its cookie was copied to."""
+    if session_id := request.cookies.get(sessions.COOKIE):
+        sessions.end(get_engine(), session_id)
+    response = make_response(redirect(url_for("admin.login")))
+    response.delete_cookie(sessions.COOKIE, path="/", secure=current_app.config["ANTRIAN"].session_cookie_secure,
+                           httponly=True, samesite="Strict")
+    return response
 
 
 @bp.get("/sync-pembayaran")
@@ -71,7 +95,7 @@ def bookings_page():
 
 
 @bp.get("/sync-pembayaran/progress")
-@auth.login_required_json
+@auth.requires("viewer")
 @documented(tags=("admin",), security=TOKEN_OR_SESSION, ok={"HTTP_200": Progress})
 def progress():
     """The latest run, in the shape the old admin page polls."""
@@ -82,7 +106,7 @@ def progress():
 
 
 @bp.post("/sync-pembayaran/start")
-@auth.login_required_json
+@auth.requires("operator")
 @documented(tags=("admin",), security=TOKEN_OR_SESSION, ok={"HTTP_202": RunStarted}, errors=(403, 409))
 def start():
     """Start a run, as ``POST /api/sync-runs`` (with a session: only with the ``X-Requested-With`` header)."""
@@ -90,7 +114,7 @@ def start():
 
 
 @bp.get("/sync-pembayaran/failures")
-@auth.login_required_json
+@auth.requires("viewer")
 @documented(tags=("admin",), security=TOKEN_OR_SESSION, query=PageQuery, ok={"HTTP_200": RunFailures},
             errors=(400,))
 def failures(query: PageQuery):

@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
+from antrian.access import audit
+from antrian.access.audit import Actor
 from antrian.bookings import outbox
 from antrian.bookings.records import BookingNotFound
 from antrian.db.models import Booking, EmailDelivery, EmailResend
@@ -62,12 +64,12 @@ def emails_json(deliveries: Any, resends: Any) -> list[dict[str, Any]]:
     return items
 
 
-def resend(engine: Engine, booking_id: int, kind: str, *, source: str) -> dict[str, Any]:
+def resend(engine: Engine, booking_id: int, kind: str, *, by: Actor) -> dict[str, Any]:
     """Record a resend of the booking's ``kind`` email and queue it through the outbox, in one transaction.
 
-    ``source`` says who asked: ``api``, ``admin`` or ``cli``. Raises BookingNotFound, or NothingToResend when
-    that email was never sent or the booking has moved on (an e-ticket of a booking no longer paid, an invoice
-    of one no longer pending).
+    ``by`` says who asked (audited; its ``via`` is the resend's ``source``). Raises BookingNotFound, or
+    NothingToResend when that email was never sent or the booking has moved on (an e-ticket of a booking no
+    longer paid, an invoice of one no longer pending).
     """
     with engine.begin() as connection:
         # The booking's row lock: a payment or an expiry changing its status waits for this resend's commit.
@@ -87,9 +89,10 @@ def resend(engine: Engine, booking_id: int, kind: str, *, source: str) -> dict[s
                 f"booking {booking.code} is {booking.status}: its {kind} email no longer applies, not resent"
             )
         row = connection.execute(
-            insert(EmailResend).values(booking_id=booking_id, kind=kind, source=source)
+            insert(EmailResend).values(booking_id=booking_id, kind=kind, source=by.via)
             .returning(EmailResend.id, EmailResend.status, EmailResend.requested_at)
         ).one()
         outbox.add(connection, RESEND_BOOKING_EMAIL, row.id)
+        audit.record(connection, by, "resend", f"booking:{booking_id}", kind=kind, code=booking.code, resend_id=row.id)
     return {"resend_id": row.id, "booking_id": booking_id, "code": booking.code, "kind": kind,
             "status": row.status, "requested_at": row.requested_at.isoformat()}

@@ -11,7 +11,9 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
+from antrian.access.audit import command_actor
 from antrian.cli import demo
+from antrian.cli.access import audit_command, tokens_group
 from antrian.cli.bookings import bookings
 from antrian.cli.jobs import jobs, queues
 from antrian.cli.runs import sync_cancel, sync_list, sync_resume
@@ -34,6 +36,8 @@ def main() -> None:
 main.add_command(jobs)
 main.add_command(queues)
 main.add_command(bookings)
+main.add_command(tokens_group)
+main.add_command(audit_command)
 
 
 @main.command()
@@ -94,7 +98,7 @@ def sync_start(wait: bool) -> None:
     engine = db.engine_for(settings)
     broker = make_broker(settings)
     try:
-        run = sync_runs.start_run(engine, broker)
+        run = sync_runs.start_run(engine, broker, by=command_actor())
     except RunAlreadyRunning as exc:
         raise click.ClickException(f"sync run {exc.run_id} is still running") from None
     finally:

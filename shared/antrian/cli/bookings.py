@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from antrian.access.audit import command_actor
 from antrian.bookings import emails, records
 from antrian.cli.output import moment, or_exit, table
 from antrian.db import engine as db
@@ -78,7 +79,7 @@ def resend(code_or_id: str, kind: str) -> None:
 
     def queue() -> dict[str, Any]:
         booking = records.find(engine, code_or_id)
-        return emails.resend(engine, booking["id"], kind, source="cli")
+        return emails.resend(engine, booking["id"], kind, by=command_actor())
 
     queued = or_exit(program, queue)
     click.echo(f"resend {queued['resend_id']} queued: booking {queued['code']}'s {kind} email, "

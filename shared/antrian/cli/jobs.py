@@ -13,6 +13,7 @@ import click
 import pika
 import pika.exceptions
 
+from antrian.access.audit import command_actor
 from antrian.amqp import connection as amqp
 from antrian.amqp import migrate
 from antrian.cli.output import moment, or_exit, plural, table
@@ -100,12 +101,12 @@ def retry(job_ids: tuple[int, ...], retry_all: bool, queue: str | None, batch_si
     try:
         if retry_all:
             count = or_exit(program, lambda: failed_jobs.retry(engine, broker, settings.broker_url, queue=queue,
-                                                                 source="cli", batch_size=batch_size))
+                                                                 by=command_actor(), batch_size=batch_size))
             click.echo(f"retried {plural(count, 'failed job')}")
             return
         for job_id in job_ids:
             or_exit(program, partial(failed_jobs.retry, engine, broker, settings.broker_url, job_id=job_id,
-                                      source="cli"))
+                                      by=command_actor()))
             click.echo(f"retried failed job {job_id}")
     finally:
         broker.close()
@@ -119,7 +120,7 @@ def forget(job_ids: tuple[int, ...]) -> None:
     settings = settings_or_exit(program, broker=False)
     engine = db.engine_for(settings)
     for job_id in job_ids:
-        or_exit(program, partial(failed_jobs.remove, engine, job_id, source="cli"))
+        or_exit(program, partial(failed_jobs.remove, engine, job_id, by=command_actor()))
         click.echo(f"forgot failed job {job_id}")
 
 
@@ -135,7 +136,7 @@ def flush(queue: str | None, older_than: str | None) -> None:
     settings = settings_or_exit("antrian jobs flush", broker=False)
     engine = db.engine_for(settings)
     count = guarded("antrian jobs flush",
-                    lambda: failed_jobs.flush(engine, queue=queue, older_than=age, source="cli"))
+                    lambda: failed_jobs.flush(engine, queue=queue, older_than=age, by=command_actor()))
     click.echo(f"flushed {plural(count, 'failed job')}")
 
 
@@ -185,8 +186,8 @@ def queues_pause(queue: str) -> None:
     """Stop every worker on every host from taking QUEUE's messages (within seconds); they stay queued."""
     settings = settings_or_exit("antrian queues pause", broker=False)
     engine = db.engine_for(settings)
-    pause = guarded("antrian queues pause", lambda: pauses.pause(engine, queue, source="cli"))
-    click.echo(f"{queue} paused since {pause.paused_at:%Y-%m-%d %H:%M:%S %Z} (from {pause.paused_by}); "
+    pause = guarded("antrian queues pause", lambda: pauses.pause(engine, queue, by=command_actor()))
+    click.echo(f"{queue} paused since {pause.paused_at:%Y-%m-%d %H:%M:%S %Z} (by {pause.paused_by}); "
                f"workers stop taking its messages within {POLL_INTERVAL_S:g}s; `antrian queues resume {queue}` "
                "lets them go on")
 
@@ -197,7 +198,7 @@ def queues_resume(queue: str) -> None:
     """Let the workers take QUEUE's messages again."""
     settings = settings_or_exit("antrian queues resume", broker=False)
     engine = db.engine_for(settings)
-    resumed = guarded("antrian queues resume", lambda: pauses.resume(engine, queue, source="cli"))
+    resumed = guarded("antrian queues resume", lambda: pauses.resume(engine, queue, by=command_actor()))
     click.echo(f"{queue} resumed" if resumed else f"{queue} was not paused")
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from antrian.access.audit import command_actor
 from antrian.cli.output import moment, or_exit, table
 from antrian.db import engine as db
 from antrian.runtime.startup import guarded, settings_or_exit
@@ -43,7 +44,7 @@ def sync_cancel(run_id: int) -> None:
     program = "antrian sync cancel"
     settings = settings_or_exit(program, broker=False)
     engine = db.engine_for(settings)
-    run = or_exit(program, lambda: sync_runs.cancel_run(engine, run_id, source="cli"))
+    run = or_exit(program, lambda: sync_runs.cancel_run(engine, run_id, by=command_actor()))
     click.echo(f"sync run {run['id']} cancelled: {run['processed']} of {run['total']} students processed, "
                f"{run['failed']} failed")
 
@@ -58,7 +59,9 @@ def sync_resume(run_id: int) -> None:
     settings = settings_or_exit(program)
     engine, broker = db.engine_for(settings), make_broker(settings)
     try:
-        resumed: dict[str, Any] = or_exit(program, lambda: sync_runs.resume_run(engine, broker, run_id, source="cli"))
+        resumed: dict[str, Any] = or_exit(
+            program, lambda: sync_runs.resume_run(engine, broker, run_id, by=command_actor())
+        )
     finally:
         broker.close()
     click.echo(f"sync run {resumed['id']} resumed: {resumed['pending']} pending students sent again")

@@ -93,7 +93,11 @@ class SyncItem(Base):
     """One student in one run: ``pending`` until it reaches ``success`` or ``failed``, once."""
 
     __tablename__ = "sync_items"
-    __table_args__ = (Index("sync_items_failed", "run_id", postgresql_where=text("status = 'failed'")),)
+    __table_args__ = (
+        Index("sync_items_failed", "run_id", postgresql_where=text("status = 'failed'")),
+        # The running run's last outcome in one index entry (antrian_sync_run_idle_seconds; migration 0012).
+        Index("sync_items_run_finished", "run_id", text("finished_at DESC NULLS LAST")),
+    )
 
     run_id: Mapped[int] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True)
     idperson: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -151,6 +155,9 @@ class Payment(Base):
         UniqueConstraint(
             "order_id", "transaction_status", "fraud_status", "transaction_id", name="payments_one_per_notification"
         ),
+        # The refund_due payments alone, for the metrics' count and oldest age (migration 0012).
+        Index("payments_refund_due", "booking_id", postgresql_include=["received_at"],
+              postgresql_where=text("outcome = 'refund_due'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -238,6 +245,8 @@ class FailedJob(Base):
     """A message that ran out of attempts (Laravel's ``failed_jobs``): kept until retried or flushed."""
 
     __tablename__ = "failed_jobs"
+    #: The failed-jobs gauge counts by queue and actor from this index alone (migration 0012).
+    __table_args__ = (Index("failed_jobs_queue_actor", "queue_name", "actor_name"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     message_id: Mapped[str] = mapped_column(Text, unique=True)
@@ -344,3 +353,77 @@ class PausedQueue(Base):
     paused_at: Mapped[datetime] = mapped_column(server_default=func.now())
     #: ``api``, ``admin`` or ``cli``.
     paused_by: Mapped[str] = mapped_column(Text)
+
+
+class OperatorToken(Base):
+    """A named operator's bearer token and role (``antrian tokens create``): only its SHA-256 is kept.
+
+    A revoked token stays, so the audit trail's names keep meaning someone; a name is unique among live tokens.
+    """
+
+    __tablename__ = "operator_tokens"
+    __table_args__ = (
+        CheckConstraint("role IN ('viewer', 'operator', 'admin')", name="operator_tokens_role"),
+        Index("operator_tokens_live_name", "name", unique=True, postgresql_where=text("revoked_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(Text)
+    #: SHA-256 (hex) of the secret; the secret itself is shown once, when created.
+    token_hash: Mapped[str] = mapped_column(Text, unique=True)
+    #: The secret's first characters, to recognise it in a list (too few to guess it from).
+    prefix: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    created_by: Mapped[str] = mapped_column(Text)
+    #: Updated at most once a minute, so that a busy client costs no write per request.
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(Text)
+
+
+class AdminSession(Base):
+    """A signed-in admin page: the cookie holds a random id whose SHA-256 is kept here, so that logging out or
+    revoking the token it was opened with ends it at once, wherever the cookie was copied to."""
+
+    __tablename__ = "admin_sessions"
+
+    id_hash: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: The SHA-256 of the token the session was opened with: an operator token's, or ``API_TOKEN``'s.
+    token_hash: Mapped[str] = mapped_column(Text, index=True)
+    operator: Mapped[str] = mapped_column(Text)
+    address: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
+
+
+class LoginFailure(Base):
+    """Failed sign-ins in the current window, per client address and per token prefix: the throttle's count,
+    shared by every sync-api process."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    window_started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    failures: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class AuditEvent(Base):
+    """Who did what: one row per state-changing action of an operator, written in the action's own transaction."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("audit_events_operator_id", "operator", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+    #: The token's name (``API_TOKEN`` for the bootstrap token), or ``cli:<user>`` for a command.
+    operator: Mapped[str] = mapped_column(Text)
+    #: ``api``, ``admin`` (the pages) or ``cli``.
+    via: Mapped[str] = mapped_column(Text)
+    #: e.g. ``retry``, ``flush``, ``forget``, ``cancel``, ``resume``, ``pause``, ``resend``, ``start``,
+    #: ``token-create``, ``token-revoke``, ``login``, ``logout``.
+    action: Mapped[str] = mapped_column(Text)
+    #: What it acted on, e.g. ``queue:emails``, ``failed-job:12``, ``sync-run:3``, ``booking:5``, ``token:alice``.
+    target: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))

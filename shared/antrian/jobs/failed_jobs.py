@@ -23,6 +23,8 @@ from pika.exceptions import AMQPError
 from sqlalchemy import Connection, Engine, Text, cast, delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 
+from antrian.access import audit
+from antrian.access.audit import Actor
 from antrian.amqp.publisher import ConfirmedPublisher
 from antrian.db.models import FailedJob, FailedJobAction
 from antrian.errors import DependencyUnavailable, InvalidInput, NotFound, PublishError
@@ -146,7 +148,7 @@ def counts(connection: Connection) -> list[tuple[str, str, int]]:
 
 
 def retry(engine: Engine, broker: RabbitmqBroker, broker_url: str, *, job_id: int | None = None,
-          queue: str | None = None, source: str, batch_size: int = RETRY_BATCH) -> int:
+          queue: str | None = None, by: Actor, batch_size: int = RETRY_BATCH) -> int:
     """Put failed jobs back on their queues with a fresh attempt count; return how many.
 
     ``job_id`` retries that one job (raises :class:`FailedJobNotFound`); otherwise every stored
@@ -165,7 +167,7 @@ def retry(engine: Engine, broker: RabbitmqBroker, broker_url: str, *, job_id: in
     retried = 0
     try:
         with ConfirmedPublisher(broker_url) as publisher:
-            while batch := _retry_batch(engine, broker, publisher, job_id=job_id, queue=queue, source=source,
+            while batch := _retry_batch(engine, broker, publisher, job_id=job_id, queue=queue, by=by,
                                         limit=batch_size, newest=newest):
                 retried += batch
                 if job_id is not None:
@@ -178,7 +180,7 @@ def retry(engine: Engine, broker: RabbitmqBroker, broker_url: str, *, job_id: in
 
 
 def _retry_batch(engine: Engine, broker: RabbitmqBroker, publisher: ConfirmedPublisher, *,
-                 job_id: int | None, queue: str | None, source: str, limit: int, newest: int) -> int:
+                 job_id: int | None, queue: str | None, by: Actor, limit: int, newest: int) -> int:
     """Publish one batch of failed jobs, wait for the confirms, delete their rows; return how many."""
     with engine.begin() as connection:
         query = select(_TABLE).where(FailedJob.id <= newest).order_by(FailedJob.id).limit(limit)
@@ -196,11 +198,11 @@ def _retry_batch(engine: Engine, broker: RabbitmqBroker, publisher: ConfirmedPub
                 declare=lambda name: broker.declare_queue(name, ensure=True),
             )
             connection.execute(delete(FailedJob).where(FailedJob.id.in_([row.id for row in rows])))
-            _record(connection, "retry", Counter(row.queue_name for row in rows), source)
+            _record(connection, "retry", Counter(row.queue_name for row in rows), by, _target(job_id, queue))
     return len(rows)
 
 
-def flush(engine: Engine, *, queue: str | None = None, older_than: timedelta | None = None, source: str) -> int:
+def flush(engine: Engine, *, queue: str | None = None, older_than: timedelta | None = None, by: Actor) -> int:
     """Delete failed jobs for good (all, ``queue``'s, or those failed longer than ``older_than`` ago)."""
     statement = delete(FailedJob).returning(FailedJob.queue_name)
     if queue is not None:
@@ -209,11 +211,12 @@ def flush(engine: Engine, *, queue: str | None = None, older_than: timedelta | N
         statement = statement.where(FailedJob.failed_at < func.now() - older_than)
     with engine.begin() as connection:
         queues = connection.execute(statement).scalars().all()
-        _record(connection, "flush", Counter(queues), source)
+        _record(connection, "flush", Counter(queues), by, _target(None, queue),
+                older_than=None if older_than is None else older_than.total_seconds())
     return len(queues)
 
 
-def remove(engine: Engine, job_id: int, *, source: str) -> None:
+def remove(engine: Engine, job_id: int, *, by: Actor) -> None:
     """Delete one failed job for good (``forget``); raises :class:`FailedJobNotFound`."""
     with engine.begin() as connection:
         queue = connection.execute(
@@ -221,7 +224,7 @@ def remove(engine: Engine, job_id: int, *, source: str) -> None:
         ).scalar_one_or_none()
         if queue is None:
             raise FailedJobNotFound(job_id)
-        _record(connection, "forget", Counter([queue]), source)
+        _record(connection, "forget", Counter([queue]), by, _target(job_id, None))
 
 
 def prune(engine: Engine, *, retention: timedelta) -> int:
@@ -230,7 +233,7 @@ def prune(engine: Engine, *, retention: timedelta) -> int:
         queues = connection.execute(
             delete(FailedJob).where(FailedJob.failed_at < func.now() - retention).returning(FailedJob.queue_name)
         ).scalars().all()
-        _record(connection, "prune", Counter(queues), "schedule")
+        _record(connection, "prune", Counter(queues), _SCHEDULE, None)
     return len(queues)
 
 
@@ -275,10 +278,25 @@ def _retry_body(row: Any) -> bytes:
     ).encode()
 
 
-def _record(connection: Connection, action: str, jobs_by_queue: Counter[str], source: str) -> None:
-    rows = [{"action": action, "queue_name": q, "jobs": n, "source": source} for q, n in jobs_by_queue.items()]
+#: Who prunes: antrian's own schedule, which the audit trail (of operators' actions) leaves out.
+_SCHEDULE = Actor("schedule", "schedule")
+
+
+def _target(job_id: int | None, queue: str | None) -> str:
+    """What an action on failed jobs acted on, for the audit trail."""
+    if job_id is not None:
+        return f"failed-job:{job_id}"
+    return f"failed-jobs:{queue}" if queue else "failed-jobs:all"
+
+
+def _record(connection: Connection, action: str, jobs_by_queue: Counter[str], by: Actor, target: str | None,
+            **detail: Any) -> None:
+    """Count the action in ``failed_job_actions`` (the metrics' source) and, for an operator's, in the audit trail."""
+    rows = [{"action": action, "queue_name": q, "jobs": n, "source": by.via} for q, n in jobs_by_queue.items()]
     if rows:
         connection.execute(insert(FailedJobAction), rows)
+    if target is not None:
+        audit.record(connection, by, action, target, jobs=sum(jobs_by_queue.values()), **detail)
 
 
 def _storable(value: Any) -> Any:

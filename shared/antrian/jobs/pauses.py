@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.dialects.postgresql import insert
 
+from antrian.access import audit
+from antrian.access.audit import Actor
 from antrian.db.models import PausedQueue
 from antrian.errors import NotFound
 from antrian.messages import QUEUES
@@ -54,30 +56,34 @@ def paused(connection: Connection) -> dict[str, Pause]:
     return {name: Pause(name, at, by) for name, at, by in rows}
 
 
-def pause(engine: Engine, queue: str, *, source: str) -> Pause:
+def pause(engine: Engine, queue: str, *, by: Actor) -> Pause:
     """Pause ``queue`` (pausing a paused queue keeps its first pause); return the pause."""
     _check(queue)
     with engine.begin() as connection:
         inserted = connection.execute(
-            insert(PausedQueue).values(queue_name=queue, paused_by=source)
+            insert(PausedQueue).values(queue_name=queue, paused_by=by.operator)
             .on_conflict_do_nothing(index_elements=[PausedQueue.queue_name])
             .returning(PausedQueue.queue_name)
         ).first()
+        if inserted:
+            audit.record(connection, by, "pause", f"queue:{queue}")
         current = paused(connection)[queue]
     if inserted:
-        logger.info("queue %s paused (asked from %s): workers stop taking its messages", queue, source)
+        logger.info("queue %s paused by %s (%s): workers stop taking its messages", queue, by.operator, by.via)
     return current
 
 
-def resume(engine: Engine, queue: str, *, source: str) -> bool:
+def resume(engine: Engine, queue: str, *, by: Actor) -> bool:
     """Resume ``queue``; False when it was not paused."""
     _check(queue)
     with engine.begin() as connection:
         deleted = connection.execute(
             delete(PausedQueue).where(PausedQueue.queue_name == queue).returning(PausedQueue.queue_name)
         ).first()
+        if deleted:
+            audit.record(connection, by, "resume", f"queue:{queue}")
     if deleted:
-        logger.info("queue %s resumed (asked from %s): workers take its messages again", queue, source)
+        logger.info("queue %s resumed by %s (%s): workers take its messages again", queue, by.operator, by.via)
     return deleted is not None
 
 

@@ -10,6 +10,8 @@ import dramatiq
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
+from antrian.access import audit
+from antrian.access.audit import Actor
 from antrian.errors import Conflict, NotFound, RunAlreadyRunning
 from antrian.messages import FAN_OUT_SYNC_RUN
 
@@ -61,7 +63,7 @@ def shard_of(idperson: int) -> int:
     return abs(idperson) % SHARDS
 
 
-def start_run(engine: Engine, broker: dramatiq.Broker) -> dict[str, Any]:
+def start_run(engine: Engine, broker: dramatiq.Broker, *, by: Actor) -> dict[str, Any]:
     """Record a run over every student there is now and queue its fan-out; return the run.
 
     The fan-out message is confirmed by RabbitMQ before the run commits, so a committed run
@@ -78,6 +80,7 @@ def start_run(engine: Engine, broker: dramatiq.Broker) -> dict[str, Any]:
                 )
             ).one()
             connection.execute(_CREATE_SHARDS, {"run_id": row.id, "last": SHARDS - 1})
+            audit.record(connection, by, "start", f"sync-run:{row.id}", students=row.total)
             FAN_OUT_SYNC_RUN.send(broker, row.id)
     except IntegrityError as exc:
         if "sync_runs_one_running" not in str(exc.orig):
@@ -112,13 +115,13 @@ def list_runs(engine: Engine, *, limit: int, offset: int) -> tuple[list[dict[str
     return [_present(row._mapping) for row in rows], total
 
 
-def cancel_run(engine: Engine, run_id: int, *, source: str) -> dict[str, Any]:
+def cancel_run(engine: Engine, run_id: int, *, by: Actor) -> dict[str, Any]:
     """End a running run as ``cancelled``; return it with its counts.
 
     The run's jobs still queued then end without calling the school API (the actor sees the run
     cancelled), and the fan-out stops publishing. Its counts keep only the students that reached
     an outcome. A new run may start at once: only a ``running`` run blocks one.
-    ``source`` (``api``, ``admin`` or ``cli``) is logged with it.
+    ``by`` is logged and audited with it.
     Raises :class:`SyncRunNotFound`, or :class:`SyncRunNotRunning` when it is finished or cancelled.
     """
     with engine.begin() as connection:
@@ -131,14 +134,15 @@ def cancel_run(engine: Engine, run_id: int, *, source: str) -> dict[str, Any]:
         ).first()
         if cancelled is None:
             _refuse(connection, run_id)
-    logger.info("sync run %s cancelled (from %s)", run_id, source,
-                extra={"event": "sync_run_cancelled", "run_id": run_id, "source": source})
+        audit.record(connection, by, "cancel", f"sync-run:{run_id}")
+    logger.info("sync run %s cancelled by %s (%s)", run_id, by.operator, by.via,
+                extra={"event": "sync_run_cancelled", "run_id": run_id, "operator": by.operator, "source": by.via})
     run = get_run(engine, run_id)
     assert run is not None  # nothing deletes runs
     return run
 
 
-def resume_run(engine: Engine, broker: dramatiq.Broker, run_id: int, *, source: str) -> dict[str, Any]:
+def resume_run(engine: Engine, broker: dramatiq.Broker, run_id: int, *, by: Actor) -> dict[str, Any]:
     """Send the jobs of a running (stalled) run's pending students again; return ``{"id", "status", "pending"}``.
 
     The run's fan-out is queued again (confirmed by RabbitMQ before this returns) from the start of
@@ -162,11 +166,12 @@ def resume_run(engine: Engine, broker: dramatiq.Broker, run_id: int, *, source: 
             pending = connection.execute(
                 text("SELECT count(*) FROM sync_items WHERE run_id = :id AND status = 'pending'"), {"id": run_id}
             ).scalar_one()
+        audit.record(connection, by, "resume", f"sync-run:{run_id}", pending=pending)
     # Sent once the reset is committed, or the fan-out could still see the run fanned out and do nothing. If
     # the send fails, the run stays stalled as it was, and resuming it again is safe.
     FAN_OUT_SYNC_RUN.send(broker, run_id)
-    logger.info("sync run %s resumed: %s pending students sent again (from %s)", run_id, pending, source,
-                extra={"event": "sync_run_resumed", "run_id": run_id, "source": source})
+    logger.info("sync run %s resumed by %s (%s): %s pending students sent again", run_id, by.operator, by.via, pending,
+                extra={"event": "sync_run_resumed", "run_id": run_id, "operator": by.operator, "source": by.via})
     return {"id": run_id, "status": "running", "pending": pending}
 
 

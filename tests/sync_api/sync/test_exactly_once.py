@@ -9,6 +9,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
+from antrian.access.audit import command_actor
 from antrian.cli.demo import seed_students
 from antrian.db.engine import make_engine
 from antrian.messages import SYNC_STUDENT_PAYMENT
@@ -50,7 +51,7 @@ def test_the_same_message_twice_changes_nothing(clean, broker, start_school_api,
     # Given a finished run of three students
     seed_students(clean, 3)
     worker = start_worker(start_school_api(), threads=2)
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=30, what="the run to finish")
     before = snapshot(clean, run["id"])
     metrics_before = requests.get(worker.metrics_url, timeout=5).text
@@ -83,7 +84,7 @@ def test_the_same_message_twice_changes_nothing(clean, broker, start_school_api,
 def test_concurrent_outcomes_for_one_student_count_once(clean, broker):
     # Given a run with one pending student (no worker: we record outcomes ourselves)
     seed_students(clean, 1)
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     with clean.begin() as connection:
         connection.execute(
             text("INSERT INTO sync_items (run_id, idperson) VALUES (:run, :idperson)"),
@@ -118,7 +119,7 @@ def test_a_redelivery_finishes_a_run_whose_last_outcome_lost_its_finish(clean, b
     from antrian.amqp.publisher import ConfirmedPublisher
     from sync_api.sync import fanout
     seed_students(clean, 3)
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     fanout.fan_out(clean, run["id"], lambda: ConfirmedPublisher(BROKER_URL))
     engine = make_engine(DATABASE_URL, autocommit=True)
     sync = StudentSync(engine=engine, school_api=SchoolApi(base_url="http://127.0.0.1:1", token=None, timeout_s=1))

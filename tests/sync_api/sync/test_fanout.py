@@ -8,6 +8,7 @@ import pika
 import pytest
 from sqlalchemy import text
 
+from antrian.access.audit import command_actor
 from antrian.amqp.publisher import ConfirmedPublisher
 from antrian.cli.demo import seed_students
 from antrian.runtime.broker import make_broker
@@ -69,7 +70,7 @@ def test_a_crashed_fanout_resumes_from_its_cursor(clean, broker, monkeypatch):
     monkeypatch.setattr(fanout, "BATCH_SIZE", 1000)
     monkeypatch.setattr(fanout, "BATCHES_IN_FLIGHT", 2)
     seed_students(clean, 5000)
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     purge_queues()  # the fan-out message itself: we run the fan-out by hand
 
     # When the fan-out dies half-way through publishing its third batch (the first one confirmed)
@@ -96,7 +97,7 @@ def test_a_crashed_fanout_resumes_from_its_cursor(clean, broker, monkeypatch):
 
 def test_only_one_fanout_of_a_run_works_at_a_time(clean, broker):
     seed_students(clean, 10)
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     purge_queues()
     with clean.connect() as holder:
         holder.execute(text("SELECT pg_advisory_lock(:ns, :id)"), {"ns": fanout.FANOUT_LOCK_NAMESPACE, "id": run["id"]})
@@ -107,7 +108,7 @@ def test_only_one_fanout_of_a_run_works_at_a_time(clean, broker):
 
 
 def test_a_run_with_no_students_finishes_at_once(clean, broker):
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     assert run["total"] == 0 and run["isRunning"]
     fanout.fan_out(clean, run["id"], lambda: ConfirmedPublisher(BROKER_URL))
     finished = get_run(clean, run["id"])
@@ -116,7 +117,7 @@ def test_a_run_with_no_students_finishes_at_once(clean, broker):
 
 def test_students_added_after_the_start_are_not_in_the_run(clean, broker):
     seed_students(clean, 10)
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     with clean.begin() as connection:
         connection.execute(text("INSERT INTO students (idperson, name) VALUES (99, 'Late Comer')"))
     fanout.fan_out(clean, run["id"], lambda: ConfirmedPublisher(BROKER_URL))
@@ -135,7 +136,7 @@ def test_a_student_deleted_during_the_fanout_still_gets_its_message(clean, broke
     monkeypatch.setattr(fanout, "BATCH_SIZE", 100)
     monkeypatch.setattr(fanout, "BATCHES_IN_FLIGHT", 2)
     seed_students(clean, 500)
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     purge_queues()
     with pytest.raises(ConnectionError):
         fanout.fan_out(clean, run["id"], lambda: CrashingPublisher(batches=2))

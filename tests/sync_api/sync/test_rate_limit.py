@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from antrian.access.audit import command_actor
 from antrian.cli.demo import seed_students
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
@@ -58,7 +59,7 @@ def test_two_workers_of_16_threads_keep_to_the_upstream_limit_and_every_student_
 
     # When a run syncs them all
     broker = make_broker(settings_for_tests())
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     broker.close()
     wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=60, what="the run to finish")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from antrian.access.audit import command_actor
 from antrian.cli.demo import seed_students
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
@@ -27,7 +28,7 @@ def test_a_run_survives_a_restart(clean, start_school_api, start_worker, restart
     seed_students(clean, 400)
     worker = start_worker(start_school_api("--latency-ms", "50", "--permanent-rate", str(PERMANENT)), threads=4)
     broker = make_broker(settings_for_tests())
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     broker.close()
     wait_until(lambda: processed(clean, run["id"]) >= 60, timeout=60, what="60 students processed")
 

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from sqlalchemy import text
 
+from antrian.access.audit import command_actor
 from antrian.cli.demo import seed_students
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
@@ -70,7 +71,7 @@ def test_each_failure_gets_the_attempts_spec_gives_it(clean, school, start_worke
     broker = make_broker(settings_for_tests())
 
     # When they are synced
-    run = start_run(clean, broker)
+    run = start_run(clean, broker, by=command_actor())
     broker.close()
     wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=60, what="the run to finish")
 

@@ -26,7 +26,7 @@ from sync_api.web.openapi import documented
 from sync_api.web.validation import MAX_ID
 
 bp = Blueprint("bookings", __name__, url_prefix="/api")
-bp.before_request(auth.require_token)
+bp.before_request(auth.require_by_method)
 #: What an ``Idempotency-Key`` is scoped to (with the caller).
 BOOKINGS_ROUTE = "POST /api/bookings"
 #: The booking's fields that ``POST /api/bookings`` answers with.
@@ -73,7 +73,8 @@ def create_booking(json: NewBooking):
     if key is None:
         answer = book()
     else:
-        answer = idempotency.once(get_engine(), route=BOOKINGS_ROUTE, key=key, body=body, work=book)
+        answer = idempotency.once(get_engine(), route=BOOKINGS_ROUTE, key=key, body=body, work=book,
+                                  caller=auth.actor().operator)
     if answer.replayed:
         return jsonify(answer.body), answer.status, {idempotency.REPLAYED_HEADER: "true"}
     BOOKINGS_CREATED.inc()
@@ -106,7 +107,6 @@ def resend_email(booking_id: int, kind: str):
     409 when that email was never sent to this booking, or no longer applies (an e-ticket of a booking no
     longer paid, an invoice of one no longer pending).
     """
-    source = "admin" if request.headers.get(auth.SCRIPT_HEADER) else "api"
-    queued = emails.resend(get_engine(), booking_id, kind, source=source)
+    queued = emails.resend(get_engine(), booking_id, kind, by=auth.actor())
     return jsonify(queued), 202
 

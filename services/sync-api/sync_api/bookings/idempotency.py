@@ -111,8 +111,9 @@ def once(
     """``work``'s answer, done once per ``(route, caller, key)`` within :data:`KEEP`; a repeat gets it replayed.
 
     ``work`` runs on the transaction that claims the key, and must do everything it changes on that
-    connection; an exception it raises rolls back its changes and the claim alike. ``caller`` is ``''``
-    while there is one API token. Raises :class:`IdempotencyKeyReused` for the same key with another ``body``.
+    connection; an exception it raises rolls back its changes and the claim alike. ``caller`` is the
+    operator's name (a token's), so that two clients' keys never meet. Raises :class:`IdempotencyKeyReused`
+    for the same key with another ``body``.
     """
     fingerprint = request_hash(body)
     this_key = (

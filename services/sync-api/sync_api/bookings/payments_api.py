@@ -52,7 +52,7 @@ def simulate() -> tuple[Response, int] | Response:
     ``PAYMENT_SIMULATOR=true``; otherwise 404)."""
     if not current_app.config["ANTRIAN"].payment_simulator:
         return error(404, "the payment simulator is off (PAYMENT_SIMULATOR=false)")
-    refusal = auth.require_token()
+    refusal = auth.require("operator")
     if refusal is not None:
         return refusal
     code = _simulated_code(json_object())

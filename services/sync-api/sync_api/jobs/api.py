@@ -25,12 +25,7 @@ from sync_api.web.openapi import documented
 from sync_api.web.validation import MAX_ID, json_object
 
 bp = Blueprint("jobs", __name__, url_prefix="/api")
-bp.before_request(auth.require_token)
-
-
-def _source() -> str:
-    """Who asked, for the audit trail: the admin page's scripts, or an API client."""
-    return "admin" if request.headers.get(auth.SCRIPT_HEADER) else "api"
+bp.before_request(auth.require_by_method)
 
 
 #: A failed job's id in a path (anything else names no failed job: 404).
@@ -82,7 +77,7 @@ def forget(job_id: int):
     """Delete one failed job for good."""
     if not 1 <= job_id <= MAX_ID:
         raise failed_jobs.FailedJobNotFound(job_id)
-    failed_jobs.remove(get_engine(), job_id, source=_source())
+    failed_jobs.remove(get_engine(), job_id, by=auth.actor())
     return jsonify({"deleted": 1, "id": job_id})
 
 
@@ -91,7 +86,7 @@ def forget(job_id: int):
 def retry(job_id: int):
     """Put one failed job back on its queue with a fresh attempt count."""
     settings = current_app.config["ANTRIAN"]
-    failed_jobs.retry(get_engine(), get_broker(), settings.broker_url, job_id=job_id, source=_source())
+    failed_jobs.retry(get_engine(), get_broker(), settings.broker_url, job_id=job_id, by=auth.actor())
     return jsonify({"retried": 1, "id": job_id}), 202
 
 
@@ -102,7 +97,7 @@ def retry_all():
     """Put every failed job (or one queue's) back on its queue."""
     queue = _queue()
     settings = current_app.config["ANTRIAN"]
-    count = failed_jobs.retry(get_engine(), get_broker(), settings.broker_url, queue=queue, source=_source())
+    count = failed_jobs.retry(get_engine(), get_broker(), settings.broker_url, queue=queue, by=auth.actor())
     return jsonify({"retried": count, "queue": queue}), 202
 
 
@@ -117,7 +112,7 @@ def flush():
         age = failed_jobs.parse_age(raw_age) if raw_age is not None else None
     except InvalidInput as exc:
         raise InvalidInput(f"older_than: {exc}") from None
-    count = failed_jobs.flush(get_engine(), queue=queue, older_than=age, source=_source())
+    count = failed_jobs.flush(get_engine(), queue=queue, older_than=age, by=auth.actor())
     return jsonify({"flushed": count, "queue": queue, "older_than": raw_age})
 
 
@@ -136,12 +131,12 @@ def pause(name: str):
 
     Messages already running finish; a paused queue stays paused across restarts. Pausing it again changes nothing.
     """
-    return jsonify(pauses.pause(get_engine(), name, source=_source()).as_dict())
+    return jsonify(pauses.pause(get_engine(), name, by=auth.actor()).as_dict())
 
 
 @bp.post("/queues/<name>/resume")
 @documented(tags=("jobs",), ok={"HTTP_200": QueuePause}, errors=(404,))
 def resume(name: str):
     """Let the workers take the queue's messages again. Resuming a queue that runs changes nothing."""
-    pauses.resume(get_engine(), name, source=_source())
+    pauses.resume(get_engine(), name, by=auth.actor())
     return jsonify(pauses.state(get_engine(), name))

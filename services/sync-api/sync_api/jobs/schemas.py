@@ -96,7 +96,7 @@ class QueueState(BaseModel):
     wait_messages: int = Field(description="messages that started processing in the last 5 minutes")
     paused: bool = Field(description="an operator paused the queue: no worker takes its messages")
     paused_at: str | None = Field(description="when it was paused (ISO 8601); null while it runs")
-    paused_by: str | None = Field(description="where the pause was asked (`api`, `admin`, `cli`); null while it runs")
+    paused_by: str | None = Field(description="who paused it (an operator's name, or `cli:USER`); null while it runs")
 
 
 class Queues(Page[QueueState]):

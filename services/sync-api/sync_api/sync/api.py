@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from antrian.sync import runs as sync_runs
 from antrian.sync.runs import SyncRunNotFound
@@ -14,17 +14,12 @@ from sync_api.web.schemas import PageQuery
 from sync_api.web.validation import MAX_ID
 
 bp = Blueprint("sync_runs", __name__, url_prefix="/api/sync-runs")
-bp.before_request(auth.require_token)
-
-
-def _source() -> str:
-    """Who asked, for the log: the admin page's scripts, or an API client."""
-    return "admin" if request.headers.get(auth.SCRIPT_HEADER) else "api"
+bp.before_request(auth.require_by_method)
 
 
 def start_run_response():
     """202 with the new run, or 409 naming the run still going (shared with the admin page)."""
-    run = sync_runs.start_run(get_engine(), get_broker())
+    run = sync_runs.start_run(get_engine(), get_broker(), by=auth.actor())
     return jsonify({"id": run["id"], "total": run["total"], "status": run["status"]}), 202
 
 
@@ -68,7 +63,7 @@ def failures(run_id: int, query: PageQuery):
 def cancel(run_id: int):
     """End a running run as ``cancelled``: its queued jobs end without calling the school API, its counts keep
     the students that reached an outcome, and a new run may start at once; 409 when it is not running."""
-    return jsonify(sync_runs.cancel_run(get_engine(), run_id, source=_source()))
+    return jsonify(sync_runs.cancel_run(get_engine(), run_id, by=auth.actor()))
 
 
 @bp.post(f"/<int(max={MAX_ID}):run_id>/resume")
@@ -76,4 +71,4 @@ def cancel(run_id: int):
 def resume(run_id: int):
     """Send again the jobs of the students still pending in a running run that stalled (with publisher confirms);
     409 when it is not running."""
-    return jsonify(sync_runs.resume_run(get_engine(), get_broker(), run_id, source=_source())), 202
+    return jsonify(sync_runs.resume_run(get_engine(), get_broker(), run_id, by=auth.actor())), 202

@@ -100,12 +100,16 @@ spec = _SpecTree(
     annotations=True,
     security_schemes=[
         SecurityScheme(
-            name=BEARER, data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer", description="`API_TOKEN`")
+            name=BEARER, data=SecuritySchemeData(
+                type=SecureType.HTTP, scheme="bearer",
+                description="an operator's token (`antrian tokens create`) or `API_TOKEN`; reading needs the "
+                            "`viewer` role, changing anything `operator`, tokens `admin` (403 otherwise)",
+            )
         ),
         SecurityScheme(
             name=SESSION,
             data=SecuritySchemeData(
-                type=SecureType.API_KEY, field_in=InType.COOKIE, name="antrian_admin",
+                type=SecureType.API_KEY, field_in=InType.COOKIE, name="antrian_session",
                 description="the admin pages' session, opened at `/admin/login` with the token",
             ),
         ),
@@ -114,7 +118,7 @@ spec = _SpecTree(
 )
 
 #: Errors any route with a token may answer.
-_COMMON = {"HTTP_401": ErrorBody, "HTTP_503": ErrorBody}
+_COMMON = {"HTTP_401": ErrorBody, "HTTP_403": ErrorBody, "HTTP_429": ErrorBody, "HTTP_503": ErrorBody}
 
 
 def documented(
@@ -165,7 +169,8 @@ bp = Blueprint("openapi", __name__, url_prefix="/api")
 
 @bp.get("/openapi.json")
 def document():
-    """The OpenAPI 3.1 document of every route (public: it holds no secret, and clients are generated from it)."""
+    """The OpenAPI 3.1 document of every route (public: it holds no secret and no data, and clients are generated
+    from it)."""
     return jsonify(spec.spec)
 
 
