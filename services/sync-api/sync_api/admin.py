@@ -32,7 +32,7 @@ def _safe_next(target: str | None) -> str:
 def login():
     """The sign-in form: a token (an operator's own, or ``API_TOKEN``) opens a session kept in PostgreSQL."""
     next_url = _safe_next(request.values.get("next"))
-    if request.method == "GET":
+    if request.method != "POST":  # GET, or HEAD: the form, never a sign-in
         return render_template("login.html", next=next_url, error=None)
     candidate = (request.form.get("token") or "").strip()
     settings = current_app.config["ANTRIAN"]

@@ -103,7 +103,7 @@ def test_each_role_is_allowed_exactly_its_routes_and_refused_the_others_with_403
                 assert answer.status_code not in (401, 403), (role, method, rule, answer.status_code, answer.text)
             else:
                 assert answer.status_code == 403, (role, method, rule, answer.status_code, answer.text)
-                assert answer.json()["error"] == f"this needs the {needed} role; a-{role} is a {role}"
+                assert answer.json()["error"] == f"this needs the {needed} role; a-{role} has the {role} role"
             checked += 1
     assert checked == 3 * sum(1 for needed in ROLES.values() if needed != "public")
 

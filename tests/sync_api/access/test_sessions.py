@@ -8,6 +8,7 @@ import time
 
 import requests
 from playwright.sync_api import Page, expect
+from sqlalchemy import text
 
 from tests.support import API_TOKEN, wait_until
 from tests.sync_api.access.helpers import antrian, create_token
@@ -73,7 +74,7 @@ def test_a_viewer_session_sees_the_pages_but_cannot_pause(start_web, page: Page,
              return [r.status, (await r.json()).error];
            }"""
     )
-    assert answer == [403, "this needs the operator role; vera is a viewer"]
+    assert answer == [403, "this needs the operator role; vera has the viewer role"]
 
 
 def test_failed_sign_ins_are_throttled_per_address_logged_and_the_right_token_works_after_the_window(
@@ -122,6 +123,10 @@ def test_every_page_has_a_nonce_csp_no_framing_and_hsts_with_secure_cookies(star
     assert "Strict-Transport-Security" not in page.headers  # plain http (make run, these tests)
     again = requests.get(f"{plain}/admin/login", timeout=10).headers["Content-Security-Policy"]
     assert again != policy, "a new nonce for every page"
+    # A HEAD of the form is no sign-in: nothing counted
+    assert requests.head(f"{plain}/admin/login", timeout=10).status_code == 200
+    with clean.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM login_failures")).scalar_one() == 0
     api = requests.get(f"{plain}/api/queues", timeout=10)
     assert api.headers["Content-Security-Policy"].startswith("default-src 'none'")
 

@@ -89,7 +89,7 @@ def require(needed: str) -> Any:
     if g.via == "admin" and request.method not in READ_METHODS and not request.headers.get(SCRIPT_HEADER):
         return error(403, f"a session-authenticated {request.method} needs the {SCRIPT_HEADER} header")
     if not allows(operator.role, needed):
-        return error(403, f"this needs the {needed} role; {operator.name} is a {operator.role}")
+        return error(403, f"this needs the {needed} role; {operator.name} has the {operator.role} role")
     return None
 
 
