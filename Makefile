@@ -7,7 +7,7 @@ TEST_PROCESSES ?= 3
 SERVICES := -e shared -e services/sync-api -e services/mailer -e services/booking-expiry
 
 .DEFAULT_GOAL := help
-.PHONY: help install services run check test test-fast test-cluster bench soak clean cluster-up cluster-down
+.PHONY: help install services run check test test-fast test-cluster images test-images bench soak clean cluster-up cluster-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,11 +43,18 @@ test: check services ## Install what the tests need and run them all: the checks
 	@scripts/ensure-chromium.sh
 	@scripts/ensure-promtool.sh
 	@scripts/ensure-alertmanager.sh
-	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not restarts and not cluster"
+	$(BIN)/pytest -n $(TEST_PROCESSES) -m "not restarts and not cluster and not images"
 	$(BIN)/pytest -m restarts
 
 test-cluster: check services ## The cluster tier: tests on 3-node RabbitMQ clusters of their own (tests/cluster/)
 	$(BIN)/pytest -n $(TEST_PROCESSES) -m cluster
+
+images: ## Build the images antrian-sync-api, -mailer, -booking-expiry (PYTHON_IMAGE picks the base; no registry: one made here)
+	@scripts/build-images.sh
+
+test-images: install services images ## The image tier: each image run in a container, and compose, against this machine's servers (tests/images/)
+	@scripts/ensure-docker.sh --compose
+	$(BIN)/pytest -n $(TEST_PROCESSES) -m images
 
 bench: install services ## Run the benchmarks under bench/ and print their figures
 	@scripts/ensure-load-tools.sh

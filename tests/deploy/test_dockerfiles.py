@@ -272,3 +272,13 @@ def test_the_build_context_leaves_out_everything_the_images_do_not_copy():
         assert not in_context(path), path
     for path in ("constraints.txt", "shared/pyproject.toml", "services/mailer/mailer/templates/invoice.html"):
         assert in_context(path), path
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_the_classic_builder_builds_it_too(folder):
+    # Debian's engine (docker.io 20.10) and many air-gapped farms have no BuildKit: no `# syntax=` frontend to
+    # pull, no RUN --mount (make images builds with whichever builder is there; make test-images builds for real).
+    text = dockerfile(folder).read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    runs = [argument for keyword, argument in instructions(dockerfile(folder)) if keyword == "RUN"]
+    assert not [run for run in runs if run.startswith("--")], "RUN --mount/--network need BuildKit"
