@@ -22,7 +22,7 @@ import requests
 from sqlalchemy import Engine, create_engine, text
 
 from tests import support
-from tests.support import free_port, http_ok, wait_until  # noqa: F401 - the parts use them from here
+from tests.support import free_port, free_ports, http_ok, wait_until  # noqa: F401 - the parts use them from here
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -244,10 +244,10 @@ def start_sync_worker(upstream: str, *, processes: int, threads: int, **env: str
 def start_sync_api(**env: str) -> str:
     """The real ``sync-api`` (gunicorn, its own default workers and threads), with ``env`` added to its
     environment; returns its base URL. Its /metrics is on METRICS_PORT (a free port unless ``env`` names one)."""
-    port = free_port()
+    port, metrics_port = free_ports(2)
     Service(
         f"sync-api-{port}", [str(BIN / "sync-api")],
-        base_env(PORT=str(port), **{"METRICS_PORT": str(free_port()), **env}),
+        base_env(PORT=str(port), **{"METRICS_PORT": str(metrics_port), **env}),
         ready_url=f"http://127.0.0.1:{port}/healthz",
     ).start()
     return f"http://127.0.0.1:{port}"
@@ -268,7 +268,7 @@ def start_mailer(smtp_port: int, *, processes: int, threads: int) -> Service:
 
 def start_smtp_sink() -> tuple[int, str]:
     """``python -m bench.smtp_sink`` in a process of its own; returns its SMTP port and its stats URL."""
-    port, http_port = free_port(), free_port()
+    port, http_port = free_ports(2)
     Service(
         f"smtp-sink-{port}",
         [sys.executable, "-m", "bench.smtp_sink", "--port", str(port), "--http-port", str(http_port)],

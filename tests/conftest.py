@@ -21,6 +21,7 @@ from tests.support import (
     Service,
     base_env,
     free_port,
+    free_ports,
     purge_queues,
     show_output_if_failed,
 )
@@ -162,7 +163,7 @@ def start_web(services, tmp_path):
     """Start sync-api under gunicorn; returns its base URL (a :class:`WebUrl`, with ``.metrics``)."""
 
     def start(**env: str) -> WebUrl:
-        port, metrics_port = free_port(), free_port()
+        port, metrics_port = free_ports(2)
         service = Service(
             f"sync-api-{port}", [str(BIN / "sync-api"), "--workers", "2"],
             base_env(PORT=str(port), **{"METRICS_PORT": str(metrics_port), **env}), tmp_path,

@@ -20,7 +20,16 @@ import requests
 from sqlalchemy import text
 
 from antrian.cli.demo import seed_students
-from tests.support import API_TOKEN, ROOT, base_env, free_port, payment_gateway, show_output_if_failed, wait_until
+from tests.support import (
+    API_TOKEN,
+    ROOT,
+    base_env,
+    free_port,
+    free_ports,
+    payment_gateway,
+    show_output_if_failed,
+    wait_until,
+)
 from tests.sync_api.bookings.helpers import book, create_tour, quota
 
 READY = "Ctrl-C stops everything."
@@ -53,8 +62,8 @@ def _bindable(port: int) -> bool:
 
 def run_env(**overrides: str) -> dict[str, str]:
     """The test database and vhost, and free ports so a developer's own ``make run`` is left alone."""
-    ports = {name: str(free_port()) for name in ("PORT", "DEV_SCHOOL_API_PORT", "MAIL_SINK_PORT",
-                                                 "MAIL_SINK_SMTP_PORT", "DEV_PAYMENT_GATEWAY_PORT")}
+    names = ("PORT", "DEV_SCHOOL_API_PORT", "MAIL_SINK_PORT", "MAIL_SINK_SMTP_PORT", "DEV_PAYMENT_GATEWAY_PORT")
+    ports = {name: str(port) for name, port in zip(names, free_ports(len(names)), strict=True)}
     # The workers take METRICS_PORT and the next two, sync-api the one before: all four free, and below the
     # kernel's ephemeral range, so that no port another test asks the kernel for can land on one meanwhile
     ports["METRICS_PORT"] = str(free_ports_in_a_row(4) + 1)

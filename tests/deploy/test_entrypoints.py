@@ -46,7 +46,7 @@ from tests.deploy.test_dockerfiles import (
     pip_wheel_arguments,
     runtime_environment,
 )
-from tests.support import ROOT, Service, base_env, free_port, http_ok, wait_until
+from tests.support import ROOT, Service, base_env, free_port, free_ports, http_ok, wait_until
 
 VENVS = ROOT / "var" / "test-venvs"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -282,7 +282,7 @@ def test_the_venv_python_is_the_images_python_version():
 
 
 def test_sync_api_answers_health_and_readiness_then_stops_cleanly_on_sigterm(clean, services, tmp_path):
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     url = f"http://127.0.0.1:{port}"
     web, venv = start_in_image("sync-api", services, tmp_path, ready_url=f"{url}/healthz", PORT=str(port),
                                METRICS_PORT=str(metrics_port))

@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support import ROOT, Service, base_env, free_port
+from tests.support import ROOT, Service, base_env, free_ports
 
 
 class Sink:
@@ -39,7 +39,7 @@ def start_sink(services, tmp_path):
     """Start ``dev/mail_sink.py`` on free ports, keeping messages in ``folder``."""
 
     def start(folder: Path) -> Sink:
-        smtp_port, web_port = free_port(), free_port()
+        smtp_port, web_port = free_ports(2)
         argv = [sys.executable, str(ROOT / "dev" / "mail_sink.py"), "--smtp-port", str(smtp_port),
                 "--web-port", str(web_port), "--dir", str(folder)]
         web = f"http://127.0.0.1:{web_port}"

@@ -15,7 +15,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from tests.images.containers import GRACE, IMAGES, Container, container_env, wait_for_log
-from tests.support import API_TOKEN, TEST_DATABASE, free_port, http_ok, send_json, serve, wait_until
+from tests.support import API_TOKEN, TEST_DATABASE, free_port, free_ports, http_ok, send_json, serve, wait_until
 
 pytestmark = pytest.mark.images
 
@@ -52,7 +52,7 @@ class Web(str):
 @pytest.fixture
 def web(clean, containers) -> Web:
     """sync-api from its image (its CMD), on free loopback ports; returns its base URL once /healthz answers."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     container = Container(IMAGES["sync-api"], env=container_env(PORT=str(port), METRICS_PORT=str(metrics_port)),
                           name="sync-api").start()
     containers.append(container)

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from antrian.amqp.queue_types import CLASSIC, QUORUM, TypedRabbitmqBroker, declarations
 from tests.shared.crashing_worker import QUEUE as CRASH_QUEUE
-from tests.support import BIN, BROKER_URL, ROOT, TEST_VHOST, base_env, free_port, wait_until
+from tests.support import BIN, BROKER_URL, ROOT, TEST_VHOST, base_env, free_port, free_ports, wait_until
 
 SPEC_QUEUES = ("sync-pembayaran", "emails", "booking-expiry")
 
@@ -54,9 +54,10 @@ def test_every_queue_a_process_declares_is_quorum_and_the_other_type_stops_it_in
 
     # The same queues asked for as classic: each process stops at once, naming the queue and the fix
     for command in ("sync-worker", "mailer", "sync-api"):
-        result = subprocess.run([str(BIN / command)], env=base_env(QUEUE_TYPE="classic", PORT=str(free_port()),
+        port, metrics_port = free_ports(2)
+        result = subprocess.run([str(BIN / command)], env=base_env(QUEUE_TYPE="classic", PORT=str(port),
                                                                   UPSTREAM_BASE_URL="http://127.0.0.1:9",
-                                                                  METRICS_PORT=str(free_port())),
+                                                                  METRICS_PORT=str(metrics_port)),
                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (command, result.stderr[-2000:])
