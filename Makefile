@@ -60,6 +60,10 @@ bench: install services ## Run the benchmarks under bench/ and print their figur
 	@scripts/ensure-load-tools.sh
 	$(BIN)/python -m bench
 
+profile: install services ## Where CPU goes, per path (sweep, sync, booking, email): py-spy flame graphs and top frames in bench/results/profile-*
+	@scripts/ensure-load-tools.sh
+	$(BIN)/python -m bench.profile $(if $(PROFILE),--only $(PROFILE))
+
 soak: install services ## make run's stack under mixed load for SOAK_MINUTES (30), then every invariant checked
 	$(BIN)/python -m bench.soak
 

@@ -6,7 +6,7 @@
 
    - ``booking_expiry.bookings.sweep.sweep(engine)``, called in-process: the code the worker runs (its actor only
      wraps it in Dramatiq), on an engine made as the worker makes it, with its JSON log lines (one per
-     expired booking, one ``sweep_done``) written to a file as the worker writes them to stderr;
+     batch naming its expired bookings, one ``sweep_done``) written to a file as the worker writes them to stderr;
      each batch size of :data:`BATCH_SIZES` too, ``repeats`` times each, interleaved;
    - the old system's loop (Laravel, below) in SQLAlchemy: one SELECT of the due bookings, then per
      booking its own transaction of BEGIN, SELECT ... FOR UPDATE, SELECT of the tour, UPDATE tours
@@ -311,10 +311,12 @@ def _worker_logging(path: Path | None):
 
 
 def _log_summary(path: Path, expired: int) -> dict:
-    """Count the sweep's log lines (one ``booking_expired`` per booking, one ``sweep_done``); keep the
-    ``sweep_done`` line and drop the file (100,000 lines a run)."""
+    """Count the sweep's log lines (one ``bookings_expired`` per batch naming its bookings' codes, one
+    ``sweep_done``; an older sweep's one ``booking_expired`` per booking counts too) and check that they name
+    every expired booking exactly once; keep the ``sweep_done`` line and drop the file."""
     events: dict[str, int] = {}
     done = None
+    named: list[str] = []
     size = path.stat().st_size
     with path.open() as lines:
         for line in lines:
@@ -322,9 +324,13 @@ def _log_summary(path: Path, expired: int) -> dict:
             events[record.get("event", "?")] = events.get(record.get("event", "?"), 0) + 1
             if record.get("event") == "sweep_done":
                 done = record
+            elif record.get("event") == "bookings_expired":
+                named.extend(record["codes"])
+            elif record.get("event") == "booking_expired":
+                named.append(record["code"])
     path.unlink()
-    return {"events": events, "bytes": size, "sweep_done": done,
-            "ok": events.get("booking_expired") == expired and events.get("sweep_done") == 1}
+    return {"events": events, "bytes": size, "sweep_done": done, "bookings_named": len(named),
+            "ok": len(named) == len(set(named)) == expired and events.get("sweep_done") == 1}
 
 
 def _summary(size: int, results: list[dict]) -> dict:
@@ -373,9 +379,13 @@ class _TourProbe:
 
 def _probe_main() -> None:
     """The tour probe's process: one line "<unix time sent> <ms>" per update, until SIGTERM."""
+    import os
+
     import psycopg
 
-    with psycopg.connect(common.DATABASE_URL.replace("postgresql+psycopg", "postgresql"), autocommit=True) as db:
+    # The database the bench gave it (common.base_env), so that a bench on a database of its own probes that one.
+    url = os.environ.get("DATABASE_URL", common.DATABASE_URL)
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as db:
         tours = [row[0] for row in db.execute("SELECT id FROM tours ORDER BY id")]
         n = 0
         while True:

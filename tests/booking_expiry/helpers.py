@@ -18,6 +18,13 @@ from tests.support import (  # noqa: F401 - re-exported for the tests here
     settings_for_tests,
 )
 
+
+def expired_named(*logs: str) -> list[str]:
+    """The codes of the bookings the sweep's audit lines name (``bookings_expired``, one line per batch), in
+    the order logged; a booking named twice appears twice."""
+    return [code for line in log_events(*logs, event="bookings_expired") for code in line["codes"]]
+
+
 #: One statement inserts the bookings and takes their seats from their tours (pending and paid ones hold
 #: seats; the others do not), exactly as booking over the API would have. Booking ``g`` goes to tour
 #: ``tours[g % len(tours)]`` with ``1 + g % 3`` seats; with ``due="half"`` every other round over the tours is

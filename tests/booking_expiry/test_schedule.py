@@ -82,8 +82,9 @@ def test_an_unpaid_booking_expires_on_its_own_and_its_seats_come_back(
     )
     assert time.monotonic() - moved < 2 * SWEEP_S + 1.5
     assert quota(tours.engine, tour["id"]) == 10
-    [line] = log_events(worker.log(), event="booking_expired")
-    assert (line["code"], line["tour_id"], line["seats"]) == (booking["code"], tour["id"], 3)
+    [line] = log_events(worker.log(), event="bookings_expired")
+    assert (line["codes"], line["ids"], line["tours"], line["seats"]) == (
+        [booking["code"]], [booking["id"]], {str(tour["id"]): 3}, 3)
 
     # And the scheduler enqueued the sweep more than once, and the worker ran each of them
     times = enqueued(scheduler)

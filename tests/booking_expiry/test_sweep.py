@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import threading
 import time
@@ -137,6 +139,66 @@ def test_the_sweep_expires_in_batches_of_its_size_and_only_what_is_due(tours):
     assert sweep.sweep(engine) == sweep.SweepResult(ran=True, expired=0, seats=0, batches=0,
                                                     seconds=pytest.approx(0, abs=1))
 
+
+
+@pytest.fixture
+def audit_lines():
+    """The sweep's log lines as the worker writes them (antrian.logging's JSON), parsed back."""
+    from antrian.logging import json_formatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter("booking-expiry"))
+    logger = logging.getLogger("booking_expiry.bookings.sweep")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lambda event: [line for line in map(json.loads, stream.getvalue().splitlines())
+                             if line.get("event") == event]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
+def test_the_audit_lines_name_every_expired_booking_exactly_once_one_line_per_batch(tours, audit_lines):
+    # Given 12,000 due bookings over 7 tours (three batches of the default 5,000: 5,000, 5,000 and 2,000),
+    # beside 1,000 not yet due and 500 paid ones past their deadline
+    engine = tours.engine
+    tour_ids = tours.add(7, quota=10_000)
+    add_bookings(engine, tour_ids, 12_000, due="all")
+    add_bookings(engine, tour_ids, 1_000, due="none")
+    add_bookings(engine, tour_ids, 500, due="all", status="paid")
+    with engine.connect() as connection:
+        per_tour = dict(connection.execute(text(
+            "SELECT tour_id, sum(quantity) FROM bookings WHERE status = 'pending' AND expires_at <= now() "
+            "GROUP BY tour_id")).all())
+
+    # When one sweep runs
+    result = sweep.sweep(engine)
+    assert (result.expired, result.batches) == (12_000, 3)
+
+    # Then one JSON line per batch, in order, says how many it expired, and the union of the codes the lines
+    # list is exactly the set of bookings now expired: none missing, none extra, none named twice
+    lines = audit_lines("bookings_expired")
+    assert [(line["batch"], line["count"], len(line["codes"]), len(line["ids"])) for line in lines] == [
+        (1, 5_000, 5_000, 5_000), (2, 5_000, 5_000, 5_000), (3, 2_000, 2_000, 2_000)]
+    with engine.connect() as connection:
+        expired = dict(connection.execute(text("SELECT id, code FROM bookings WHERE status = 'expired'")).all())
+    codes = [code for line in lines for code in line["codes"]]
+    assert len(codes) == len(set(codes)) == len(expired) == 12_000
+    assert set(codes) == set(expired.values())
+    # And each line's ids go with its codes, in id order
+    assert {i: c for line in lines for i, c in zip(line["ids"], line["codes"], strict=True)} == expired
+    assert all(line["ids"] == sorted(line["ids"]) for line in lines)
+    # And the seats per tour the lines give add up to what each tour got back, and to the sweep's total
+    back: Counter = Counter()
+    for line in lines:
+        back.update({int(tour): seats for tour, seats in line["tours"].items()})
+        assert line["seats"] == sum(line["tours"].values())
+    assert dict(back) == per_tour
+    [done] = audit_lines("sweep_done")
+    assert (done["expired"], done["seats"], done["batches"]) == (12_000, sum(per_tour.values()), 3)
 
 
 class HeldTransport:

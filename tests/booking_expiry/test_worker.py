@@ -10,6 +10,7 @@ from tests.booking_expiry.helpers import (
     add_bookings,
     advisory_locks,
     bookings_by_status,
+    expired_named,
     log_events,
     metric,
     quotas,
@@ -56,10 +57,20 @@ def test_one_sweep_expires_exactly_the_due_bookings_of_10000_and_gives_their_sea
     after = quotas(engine)
     assert {tour: after[tour] - before[tour] for tour in tour_ids} == {tour: per_tour[tour] for tour in tour_ids}
 
-    # And one structured log line per expired booking says which booking, which tour, how many seats
-    lines = log_events(worker.log(), event="booking_expired")
-    assert len(lines) == 5_000
-    assert {line["code"]: (line["tour_id"], line["seats"]) for line in lines} == due
+    # And the audit lines (one per batch) name every expired booking exactly once, with ids matching codes,
+    # and say how many seats each tour got back
+    lines = log_events(worker.log(), event="bookings_expired")
+    named = expired_named(worker.log())
+    assert len(named) == len(set(named)) == 5_000 and set(named) == set(due)
+    assert sum(line["count"] for line in lines) == 5_000
+    with engine.connect() as connection:
+        by_id = dict(connection.execute(text("SELECT id, code FROM bookings WHERE status = 'expired'")).all())
+    assert {i: c for line in lines for i, c in zip(line["ids"], line["codes"], strict=True)} == by_id
+    seats_per_tour: dict[int, int] = {}
+    for line in lines:
+        for tour, seats in line["tours"].items():
+            seats_per_tour[int(tour)] = seats_per_tour.get(int(tour), 0) + seats
+    assert seats_per_tour == {tour: per_tour[tour] for tour in tour_ids}
     [done] = log_events(worker.log(), event="sweep_done")
     assert (done["expired"], done["seats"]) == (5_000, sum(per_tour.values()))
 
@@ -92,13 +103,12 @@ def test_two_sweeps_in_two_worker_processes_at_once_one_works_and_one_skips(tour
         assert bookings_by_status(engine) == {"pending": 1_000}
     wait_until(lambda: log_events(*logs(), event="sweep_done"), timeout=30, what="the first sweep to finish")
 
-    # And the first expires every due booking, once: one log line each, all from one worker
+    # And the first expires every due booking, once: each named once in its audit lines, all from one worker
     assert bookings_by_status(engine) == {"expired": 1_000}
-    per_worker = [(len(log_events(log, event="booking_expired")), len(log_events(log, event="sweep_skipped")))
-                  for log in logs()]
+    per_worker = [(len(expired_named(log)), len(log_events(log, event="sweep_skipped"))) for log in logs()]
     assert sorted(per_worker) == [(0, 1), (1_000, 0)]
-    codes = [line["code"] for line in log_events(*logs(), event="booking_expired")]
-    assert len(set(codes)) == 1_000
+    codes = expired_named(*logs())
+    assert len(set(codes)) == len(codes) == 1_000
     skipped = [metric(worker.metrics_url, "antrian_expiry_sweeps_skipped_total") for worker in workers]
     expired = [metric(worker.metrics_url, "antrian_bookings_expired_total") for worker in workers]
     assert sorted(zip(expired, skipped, strict=True)) == [(0, 1), (1_000, 0)]
@@ -118,7 +128,7 @@ def test_a_sweep_killed_inside_a_batch_leaves_it_undone_and_the_next_sweep_finis
         send_sweep()
         wait_until(lambda: sweep_backend_waiting(engine), timeout=30, what="the sweep inside its second batch")
         assert bookings_by_status(engine, "tour_id = :a", a=a) == {"expired": 5_000}
-        assert len(log_events(worker.log(), event="booking_expired")) == 5_000
+        assert len(set(expired_named(worker.log()))) == 5_000
         quota_b = quotas(engine)[b]
 
         # And the worker is killed there (SIGKILL, every process of it)
@@ -142,4 +152,8 @@ def test_a_sweep_killed_inside_a_batch_leaves_it_undone_and_the_next_sweep_finis
     assert bookings_by_status(engine, "status = 'pending' AND expires_at <= now()") == {}
     assert metric(again.metrics_url, "antrian_bookings_expired_total") == 4_000
     assert metric(again.metrics_url, "antrian_expiry_sweeps_skipped_total") == 0
-    assert len({line["code"] for line in log_events(again.log(), event="booking_expired")}) == 4_000
+    # And the new worker's audit lines name exactly the 4,000 it expired, the killed batch's among them
+    with engine.connect() as connection:
+        second = set(connection.execute(text("SELECT code FROM bookings WHERE status = 'expired' AND tour_id <> :a"),
+                                        {"a": a}).scalars())
+    assert sorted(expired_named(again.log())) == sorted(second)

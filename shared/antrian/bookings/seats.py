@@ -35,6 +35,21 @@ class EndedBooking:
     quantity: int
 
 
+@dataclass(frozen=True)
+class ExpiredBatch:
+    """One batch of the expiry sweep: the bookings it expired (ids and codes, in id order) and the seats given
+    back, in all and per tour. Built from one row PostgreSQL aggregates, not one Python object per booking."""
+
+    ids: list[int]
+    codes: list[str]
+    seats: int
+    #: Seats given back per tour id.
+    tours: dict[int, int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def take_seats(connection: Connection, tour_id: int, quantity: int) -> TakenSeats | None:
     """Take ``quantity`` seats from the tour, or return None when fewer are left (or no such tour).
 
@@ -59,19 +74,37 @@ def end_bookings(connection: Connection, booking_ids: Sequence[int], status: str
     return _end(connection, "SELECT unnest(CAST(:ids AS bigint[])) AS id", status, ids=list(booking_ids))
 
 
-def expire_due_bookings(connection: Connection, limit: int) -> list[EndedBooking]:
+def expire_due_bookings(connection: Connection, limit: int) -> ExpiredBatch:
     """Expire up to ``limit`` pending bookings whose deadline has passed, oldest first, seats back per tour.
 
     Bookings locked by someone else right now (a payment being applied, another sweep's batch)
     are skipped, not waited for: they are either paid by then or found by the next sweep.
     NO KEY UPDATE, like the payments: a mailer sending the booking's email holds KEY SHARE on it
     (its delivery row's foreign key), which must not hide the booking from the sweep.
+
+    The statement ends bookings exactly as :func:`end_bookings` does (the same ``ended`` and ``released``);
+    only what it returns differs: one row of arrays (ids, codes) and sums instead of a row per booking,
+    so that a batch of thousands costs Python one row.
     """
     chosen = (
         "SELECT id FROM bookings WHERE status = 'pending' AND expires_at <= now() "
         "ORDER BY expires_at LIMIT :limit FOR NO KEY UPDATE SKIP LOCKED"
     )
-    return _end(connection, chosen, "expired", limit=limit)
+    row = connection.execute(
+        text(_ending(chosen, _BATCH_RESULT)), {"status": "expired", "limit": limit}
+    ).one()
+    return ExpiredBatch(ids=row.ids, codes=row.codes, seats=row.seats,
+                        tours={int(tour): seats for tour, seats in (row.tours or {}).items()})
+
+
+#: What a sweep's batch returns: its expired bookings' ids and codes in id order, their seats, seats per tour.
+_BATCH_RESULT = """SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids,
+                   coalesce(array_agg(code ORDER BY id), '{}') AS codes,
+                   coalesce(sum(quantity), 0)::bigint AS seats,
+                   (SELECT json_object_agg(tour_id, quantity ORDER BY tour_id)
+                    FROM (SELECT tour_id, sum(quantity)::bigint AS quantity FROM ended GROUP BY tour_id) AS per_tour
+                   ) AS tours
+            FROM ended"""
 
 
 def _end(connection: Connection, chosen: str, status: str, **parameters: object) -> list[EndedBooking]:
@@ -79,8 +112,16 @@ def _end(connection: Connection, chosen: str, status: str, **parameters: object)
     if status not in ENDED_STATUSES:
         raise ValueError(f"a booking ends as one of {ENDED_STATUSES}, not {status!r}")
     rows = connection.execute(
-        text(
-            f"""
+        text(_ending(chosen, "SELECT id, code, tour_id, quantity FROM ended ORDER BY id")),
+        {"status": status, **parameters},
+    ).all()
+    return [EndedBooking(id=row.id, code=row.code, tour_id=row.tour_id, quantity=row.quantity) for row in rows]
+
+
+def _ending(chosen: str, result: str) -> str:
+    """Ending bookings: ``chosen`` selects candidates' ids; those still pending get ``:status`` and their seats go
+    back with one increment per tour; ``result`` selects from ``ended`` (the bookings ended) what the caller gets."""
+    return f"""
             WITH chosen AS ({chosen}), ended AS (
                 UPDATE bookings SET status = :status
                 FROM chosen
@@ -91,12 +132,8 @@ def _end(connection: Connection, chosen: str, status: str, **parameters: object)
                 FROM (SELECT tour_id, sum(quantity) AS quantity FROM ended GROUP BY tour_id) AS seats
                 WHERE tours.id = seats.tour_id
             )
-            SELECT id, code, tour_id, quantity FROM ended ORDER BY id
+            {result}
             """
-        ),
-        {"status": status, **parameters},
-    ).all()
-    return [EndedBooking(id=row.id, code=row.code, tour_id=row.tour_id, quantity=row.quantity) for row in rows]
 
 
 def give_back_seats(connection: Connection, tour_id: int, quantity: int) -> bool:
