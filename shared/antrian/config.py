@@ -46,9 +46,9 @@ DEFAULT_DB_POOL_SIZES = {"sync-api": 10, "sync-worker": 5, "mailer": 5, "booking
 #: waited for 5 s (a tour's row is held for microseconds by a booking: waiting longer only ties up web threads).
 DEFAULT_DB_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_DB_LOCK_TIMEOUT_MS = 5_000
-#: A transaction may sit idle 300 s: the mailer holds its delivery row's lock in a transaction while it talks
-#: SMTP, for up to its actor's 120 s time limit (mailer.emails.retries.EMAIL), so the bound must exceed that
-#: with room to spare; what it ends is a session forgotten in a transaction (a crashed client, a debugger).
+#: A transaction may sit idle 300 s: no antrian process waits inside one any more (the mailer claims its delivery
+#: row with a lease and talks SMTP with no transaction open), so what this ends is a session forgotten in a
+#: transaction (a crashed client, a debugger); it stays generous for an operator's own psql session.
 DEFAULT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = 300_000
 
 
@@ -119,7 +119,7 @@ class Settings:
     #: ``DB_LOCK_TIMEOUT_MS``: PostgreSQL's ``lock_timeout``: how long a statement waits for a row's lock (0: ever).
     db_lock_timeout_ms: int = DEFAULT_DB_LOCK_TIMEOUT_MS
     #: ``DB_IDLE_IN_TRANSACTION_TIMEOUT_MS``: PostgreSQL's ``idle_in_transaction_session_timeout`` (0: none);
-    #: it must exceed the longest legitimate idle transaction, the mailer's SMTP send (up to 120 s).
+    #: a session idle that long inside a transaction is ended and its locks released.
     db_idle_in_transaction_timeout_ms: int = DEFAULT_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS
     log_level: str = "INFO"
 

@@ -39,3 +39,15 @@ class EmailDeferred(EmailNotSent):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ClaimBusy(EmailNotSent):
+    """Another attempt is sending this email now (it holds the claim): this job looks again later, without
+    spending an attempt, and never ends as done before that attempt sent it or failed.
+
+    ``retry_in_s``: seconds until that claim lapses if its attempt never ends it (its process died).
+    """
+
+    def __init__(self, message: str, *, retry_in_s: float) -> None:
+        super().__init__(message)
+        self.retry_in_s = retry_in_s

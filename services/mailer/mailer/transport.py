@@ -12,6 +12,8 @@ import smtplib
 import ssl
 import tempfile
 import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
@@ -27,8 +29,63 @@ SMTP_TIMEOUT_S = Settings().smtp_timeout_s
 SERVICE_CLOSING = 421
 
 
+@dataclass(frozen=True)
+class RawEmail:
+    """An email as the bytes DATA carries (CRLF line ends), with its envelope: what the mailer sends.
+
+    ``bytes(raw)`` is the message, as ``bytes(EmailMessage)`` is (``mailer.emails.render.render_raw`` makes them).
+    """
+
+    envelope_from: str
+    recipients: tuple[str, ...]
+    data: bytes
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+
+#: A connection used within this many seconds is reused without a NOOP first (one round trip less per email): a
+#: connection found dropped when its next email starts is replaced and that email sent on the new one, as long as
+#: DATA was not reached (see :func:`_gone_before_data`).
+NOOP_AFTER_IDLE_S = 5.0
+
+
+class _Smtp(smtplib.SMTP):
+    """smtplib's client, noting whether the current email reached DATA (after which the server may have it)."""
+
+    data_started = False
+
+    def data(self, msg):  # noqa: ANN001, ANN201 - smtplib's own signature
+        self.data_started = True
+        return super().data(msg)
+
+
+class _SmtpSsl(smtplib.SMTP_SSL):
+    data_started = False
+
+    def data(self, msg):  # noqa: ANN001, ANN201 - smtplib's own signature
+        self.data_started = True
+        return super().data(msg)
+
+
+def _hand_over(connection: smtplib.SMTP, message: EmailMessage | RawEmail) -> None:
+    if isinstance(message, RawEmail):
+        connection.sendmail(message.envelope_from, list(message.recipients), message.data)
+    else:
+        connection.send_message(message)
+
+
+def _gone_before_data(connection: _Smtp | _SmtpSsl, exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection was closed before this email's DATA: nothing of it reached the server."""
+    if connection.data_started or isinstance(exc, (TimeoutError, smtplib.SMTPRecipientsRefused)):
+        return False
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == SERVICE_CLOSING
+    return isinstance(exc, (smtplib.SMTPServerDisconnected, ConnectionError, BrokenPipeError))
+
+
 class Transport(Protocol):
-    def send(self, message: EmailMessage, *, name: str) -> object:
+    def send(self, message: EmailMessage | RawEmail, *, name: str) -> object:
         """Hand ``message`` over for delivery; ``name`` (``invoice-K7QM-2XH9``) labels it in files and logs.
 
         What it returns (FileTransport: the file's path) is for tests and callers that know the transport.
@@ -41,10 +98,11 @@ class Transport(Protocol):
 class SmtpTransport:
     """Sends over SMTP, each worker thread on its own connection, opened once and reused.
 
-    A reused connection is checked with NOOP before the next email: when the server dropped it
-    meanwhile, nothing of that email has been sent yet, so a new connection is opened and the
-    email sent on it. A connection lost once MAIL has been sent is never resent here: the server
-    may have accepted the data already, so the failure is raised for the caller to decide.
+    A connection idle for more than :data:`NOOP_AFTER_IDLE_S` is checked with NOOP before the next email; a busier
+    one is not, and when the server turns out to have dropped it (or answers 421) before that email's DATA, nothing
+    of the email has been sent yet, so a new connection is opened and the email sent on it. A connection lost once
+    DATA has been sent is never resent here: the server may have accepted the data already, so the failure is raised
+    for the caller to decide.
 
     Parameters:
       security: ``none``, ``starttls`` (upgrade after connecting) or ``ssl`` (TLS from the start).
@@ -69,10 +127,20 @@ class SmtpTransport:
                    username=settings.smtp_username, password=settings.smtp_password,
                    timeout_s=settings.smtp_timeout_s)
 
-    def send(self, message: EmailMessage, *, name: str = "") -> None:
-        connection = self._session()
+    def send(self, message: EmailMessage | RawEmail, *, name: str = "") -> None:
+        connection, reused = self._session()
         try:
-            connection.send_message(message)
+            try:
+                _hand_over(connection, message)
+            except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
+                if not (reused and _gone_before_data(connection, exc)):
+                    raise
+                # The reused connection had been dropped (or the server is closing it) before DATA: the server has
+                # nothing of this email, so it goes once more on a new connection.
+                self._discard()
+                connection = self._open()
+                self._local.connection = connection
+                _hand_over(connection, message)
         except smtplib.SMTPRecipientsRefused as exc:
             replies = exc.recipients.values()
             if any(code == SERVICE_CLOSING for code, _ in replies):
@@ -100,6 +168,8 @@ class SmtpTransport:
             # Interrupted (the time limit) in the middle of a transaction: the session is in no known state.
             self._discard()
             raise
+        finally:
+            self._local.used_at = time.monotonic()
 
     def close(self) -> None:
         """Say QUIT on this thread's connection, if it has one."""
@@ -110,24 +180,28 @@ class SmtpTransport:
             except (smtplib.SMTPException, OSError):
                 connection.close()
 
-    def _session(self) -> smtplib.SMTP:
-        """This thread's connection: the open one when it still answers NOOP, else a new one."""
+    def _session(self) -> tuple[_Smtp | _SmtpSsl, bool]:
+        """This thread's connection, and whether it was open already: the open one when it was used within
+        :data:`NOOP_AFTER_IDLE_S` or still answers NOOP, else a new one."""
         connection = getattr(self._local, "connection", None)
-        if connection is not None and not _answers(connection):
+        if connection is not None and time.monotonic() - getattr(self._local, "used_at", 0.0) > NOOP_AFTER_IDLE_S \
+                and not _answers(connection):
             self._discard()
             connection = None
-        if connection is None:
-            connection = self._open()
-            self._local.connection = connection
-        return connection
+        if connection is not None:
+            connection.data_started = False
+            return connection, True
+        connection = self._open()
+        self._local.connection = connection
+        return connection, False
 
-    def _open(self) -> smtplib.SMTP:
-        connection: smtplib.SMTP
+    def _open(self) -> _Smtp | _SmtpSsl:
+        connection: _Smtp | _SmtpSsl
         try:
             if self.security == "ssl":
-                connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s, context=self._tls)
+                connection = _SmtpSsl(self.host, self.port, timeout=self.timeout_s, context=self._tls)
             else:
-                connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
+                connection = _Smtp(self.host, self.port, timeout=self.timeout_s)
         except (smtplib.SMTPException, OSError) as exc:
             raise EmailDeferred(f"cannot connect to SMTP server {self.host}:{self.port}: {_describe(exc)}") from exc
         try:
@@ -160,7 +234,7 @@ class FileTransport:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
 
-    def send(self, message: EmailMessage, *, name: str = "email") -> Path:
+    def send(self, message: EmailMessage | RawEmail, *, name: str = "email") -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         path = self.folder / f"{stamp}-{_SAFE_NAME.sub('_', name)}.eml"
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy import (
     SmallInteger,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
     text,
 )
@@ -203,6 +205,10 @@ class EmailDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     sent_at: Mapped[datetime | None]
+    #: The attempt sending it now (no transaction is held across the send), and when that claim lapses; NULL when
+    #: no attempt holds it. See ``mailer.emails.deliveries``.
+    claim_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    claimed_until: Mapped[datetime | None]
 
 
 class EmailResend(Base):
@@ -230,6 +236,9 @@ class EmailResend(Base):
     source: Mapped[str] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(server_default=func.now())
     sent_at: Mapped[datetime | None]
+    #: As :attr:`EmailDelivery.claim_id` and :attr:`EmailDelivery.claimed_until`.
+    claim_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    claimed_until: Mapped[datetime | None]
 
 
 class ScheduledTaskRun(Base):

@@ -23,7 +23,7 @@ from mailer.emails.deliveries import Deliveries
 from mailer.emails.metrics import EMAILS
 from mailer.emails.render import CANCELLATION, ETICKET, INVOICE, Sender
 from mailer.emails.retries import EMAIL
-from mailer.errors import EmailDeferred, PermanentFailure
+from mailer.errors import ClaimBusy, EmailDeferred, PermanentFailure
 from mailer.transport import make_transport
 
 #: The longest an email waits for an ``SMTP_RATE_LIMIT`` token: half its time limit, so that the send itself
@@ -31,13 +31,23 @@ from mailer.transport import make_transport
 SMTP_MAX_WAIT_S = EMAIL.time_limit_ms / 1000 / 2
 
 
+#: The longest a job that found its email claimed by another attempt (ClaimBusy) waits in the delay queue before it
+#: looks again: 1 s, then twice as long each time (``claim_waits`` in its options), up to this, and never past the
+#: moment that claim lapses. It costs no attempt.
+CLAIM_RECHECK_MAX_S = 30.0
+#: The first such wait: a live attempt has usually ended by then.
+CLAIM_RECHECK_MIN_S = 1.0
+
+
 def _deliveries(settings: Settings) -> Deliveries:
-    # Not autocommit: a delivery holds its row lock in a transaction while the email is sent (which is why
-    # DB_IDLE_IN_TRANSACTION_TIMEOUT_MS must exceed EMAIL's time limit).
-    engine = engine_for(settings, pool_size=settings.db_pool_size_for("mailer"))
+    # Autocommit: each step of the delivery protocol is one statement committed on its own; no transaction is
+    # open while an email is sent (a claim with a lease stands in for the row lock the mailer used to hold).
+    engine = engine_for(settings, pool_size=settings.db_pool_size_for("mailer"), autocommit=True)
     sender = Sender(settings.mail_from_address, settings.mail_from_name)
     limiter = RateLimiter("smtp", settings.smtp_rate_limit, settings=settings, max_wait_s=SMTP_MAX_WAIT_S)
-    return Deliveries(engine=engine, transport=make_transport(settings), sender=sender, limiter=limiter)
+    lease_s = EMAIL.time_limit_ms / 1000 + settings.smtp_timeout_s
+    return Deliveries(engine=engine, transport=make_transport(settings), sender=sender, limiter=limiter,
+                      lease_s=lease_s)
 
 
 #: This process's engine, transport and deliveries; the worker's boot calls ``configure(settings)``.
@@ -92,6 +102,21 @@ def _deliver(booking_id: int, kind: str) -> None:
             result = deliveries.get().resend(booking_id, final_attempt=final_attempt)
         else:
             result = deliveries.get().deliver(booking_id, kind, final_attempt=final_attempt)
+    except ClaimBusy as exc:
+        # Another attempt is sending it: hand this very message (its retries unchanged) back to the delay queue, as
+        # Dramatiq's own retry does, and ack it only once that is done. It looks again when it comes back.
+        EMAILS.labels(kind, "busy").inc()
+        if message is None:
+            raise dramatiq.Retry(str(exc), delay=int(CLAIM_RECHECK_MIN_S * 1000)) from exc
+        waits = message.options.get("claim_waits", 0)
+        message.options["claim_waits"] = waits + 1
+        delay_s = min(CLAIM_RECHECK_MIN_S * 2 ** min(waits, 10), CLAIM_RECHECK_MAX_S,
+                      max(exc.retry_in_s, CLAIM_RECHECK_MIN_S))
+        try:
+            dramatiq.get_broker().enqueue(message, delay=int(delay_s * 1000))
+        except Exception as failure:  # noqa: BLE001 - the broker's own retry then looks again (an attempt spent)
+            raise dramatiq.Retry(f"{kind} for booking {booking_id}: {exc}", delay=int(delay_s * 1000)) from failure
+        return
     except PermanentFailure:
         # Logged where it was found; ``throws`` makes Dramatiq dead-letter it without a traceback.
         EMAILS.labels(kind, "failed").inc()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from antrian.db.models import Booking, Tour
 
@@ -42,7 +42,10 @@ _DETAILS = select(
 ).join(Tour, Tour.id == Booking.tour_id)
 
 
+_BY_ID = _DETAILS.where(Booking.id == bindparam("booking_id"))
+
+
 def load_booking(connection: Connection, booking_id: int) -> BookingDetails | None:
     """The booking with its tour, or None when there is no such booking."""
-    row = connection.execute(_DETAILS.where(Booking.id == booking_id)).one_or_none()
+    row = connection.execute(_BY_ID, {"booking_id": booking_id}).one_or_none()
     return None if row is None else BookingDetails(**row._asdict())

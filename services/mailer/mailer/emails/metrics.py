@@ -8,10 +8,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 #: ``result``: ``sent``, ``duplicate`` (already sent, skipped), ``outdated`` (an invoice for a booking no
-#: longer pending, skipped), ``retry`` (will be tried again) or ``failed``.
+#: longer pending, skipped), ``busy`` (being sent by another attempt: looked at again later, no attempt spent),
+#: ``retry`` (will be tried again) or ``failed``.
 EMAILS = Counter(
     "antrian_emails_total",
-    "Email jobs by kind (invoice, eticket) and result (sent, duplicate, outdated, retry, failed).",
+    "Email jobs by kind (invoice, eticket, ...) and result (sent, duplicate, outdated, busy, retry, failed).",
     ["kind", "result"],
 )
 SMTP_SEND_SECONDS = Histogram(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 from typing import NamedTuple
 
 import segno
@@ -17,8 +18,13 @@ class QrImage(NamedTuple):
     size: int
 
 
+#: QR images kept per process (a few MB at most): a pure function of the booking code, made once per code.
+CACHE_SIZE = 1024
+
+
+@lru_cache(maxsize=CACHE_SIZE)
 def qr_png(text: str) -> QrImage:
-    """A regular QR code (never a Micro QR, which many scanners cannot read) of ``text``."""
+    """A regular QR code (never a Micro QR, which many scanners cannot read) of ``text``; cached per ``text``."""
     code = segno.make_qr(text, error="m")
     buffer = io.BytesIO()
     code.save(buffer, kind="png", scale=SCALE, border=BORDER)
