@@ -33,25 +33,24 @@ def prepare_multiprocess_dir(settings: Settings, service: str, port: int) -> str
     return path
 
 
-def exposition(*collectors: Any, multiprocess_dir: str | None) -> tuple[bytes, str]:
-    """The current metrics of every process of this service (and of ``collectors``), and their content type.
+def registry_of(*collectors: Any, multiprocess_dir: str | None) -> CollectorRegistry:
+    """A registry of every process of this service (and of ``collectors``).
 
     ``multiprocess_dir`` is the service's metrics folder (``Settings.prometheus_multiproc_dir``); without
     one, this process's own registry is read.
     """
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    registry = CollectorRegistry()
     if multiprocess_dir:
-        registry = CollectorRegistry()
         # prometheus_client leaves MultiProcessCollector's __init__ unannotated (the rest of the package is typed).
         MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
     else:
-        registry = CollectorRegistry()
         registry.register(_Everything(REGISTRY))
     for collector in collectors:
         registry.register(collector)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return registry
 
 
 class _Everything:
@@ -90,17 +89,7 @@ class MetricsServer:
         from socketserver import ThreadingMixIn
         from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-        from prometheus_client import REGISTRY, CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        self.registry = CollectorRegistry()
-        if multiprocess_dir:
-            # prometheus_client leaves MultiProcessCollector's __init__ unannotated (the rest of the package is typed).
-            MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
-        else:
-            self.registry.register(_Everything(REGISTRY))
-        for collector in collectors:
-            self.registry.register(collector)
+        self.registry = registry_of(*collectors, multiprocess_dir=multiprocess_dir)
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 

@@ -41,8 +41,9 @@ def on_starting(server) -> None:
     the first scrape, which a worker forked later forgets (:class:`sync_api.web.state_metrics.ForkSafeEngine`).
     The ORM is configured here, before any fork and any thread, so no worker inherits its lock held.
     """
-    prepare_multiprocess_dir(load_settings(), "sync-api", load_settings().port)
-    settings = load_settings()  # with the metrics folder just exported
+    settings = load_settings()
+    prepare_multiprocess_dir(settings, "sync-api", settings.port)
+    settings = load_settings()  # again, with the metrics folder just exported
     # Imported only now: prometheus_client must see the metrics folder just exported.
     from sqlalchemy.orm import configure_mappers
 
