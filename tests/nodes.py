@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,19 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import free_port, free_ports
+
 #: Debian's RabbitMQ scripts, run directly (``/usr/sbin/rabbitmq-server`` would log into the shared /var/log).
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 #: Where the Erlang cookie is: ``rabbitmqctl`` and the nodes it talks to must share it.
 RABBITMQ_HOME = "/var/lib/rabbitmq"
 #: Seconds a server may take to start (a loaded 2-core machine starts RabbitMQ in 5-15 s).
 START_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now, on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _owned_dir(prefix: str, user: str) -> Path:
@@ -117,7 +111,7 @@ def rabbitmq_node(name: str | None = None) -> Iterator[RabbitNode]:
     Parameters:
       name(str | None): the short node name (default ``fault-<port>``); the host part is ``localhost``.
     """
-    port, dist_port = free_port(), free_port()
+    port, dist_port = free_ports(2)
     base = _owned_dir("antrian-rabbit-", "rabbitmq")
     node = RabbitNode(name=f"{name or f'fault-{port}'}@localhost", port=port, dist_port=dist_port, base=base, env={})
     for sub in ("mnesia", "log"):

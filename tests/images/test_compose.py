@@ -16,7 +16,7 @@ import yaml
 from sqlalchemy import text
 
 from tests.images.containers import DOCKER, VERSION
-from tests.support import API_TOKEN, BROKER_URL, DATABASE_URL, ROOT, free_port, http_ok, wait_until
+from tests.support import API_TOKEN, BROKER_URL, DATABASE_URL, ROOT, free_ports, http_ok, wait_until
 
 pytestmark = pytest.mark.images
 
@@ -50,9 +50,10 @@ def compose_file(tmp_path: Path, command: list[str]) -> Path:
 def test_compose_brings_up_antrian_on_this_machines_servers(clean, engine, smtp_server, tmp_path, request):
     command = compose_command()
     project = f"antrian-test-{os.getpid()}"
-    ports = {name: free_port() for name in ("SYNC_API_PORT", "SYNC_API_METRICS_PORT", "SYNC_WORKER_METRICS_PORT",
-                                             "MAILER_METRICS_PORT", "BOOKING_EXPIRY_METRICS_PORT",
-                                             "DEV_SCHOOL_API_PORT", "DEV_PAYMENT_GATEWAY_PORT")}
+    names = ("SYNC_API_PORT", "SYNC_API_METRICS_PORT", "SYNC_WORKER_METRICS_PORT", "MAILER_METRICS_PORT",
+             "BOOKING_EXPIRY_METRICS_PORT", "DEV_SCHOOL_API_PORT", "DEV_PAYMENT_GATEWAY_PORT")
+    # Distinct ports: two services given one port would leave the second restarting behind a healthy first.
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {
         "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "DOCKER": DOCKER,
         "ANTRIAN_VERSION": VERSION, "DATABASE_URL": DATABASE_URL, "BROKER_URL": BROKER_URL, "API_TOKEN": API_TOKEN,
@@ -83,8 +84,13 @@ def test_compose_brings_up_antrian_on_this_machines_servers(clean, engine, smtp_
         booking = requests.post(f"{web}/api/bookings", headers=AUTH, timeout=10, json={
             "tour_id": tour.json()["id"], "quantity": 1, "customer_name": "Ayu", "customer_email": "ayu@example.com"})
         assert booking.status_code == 201, booking.text
-        wait_until(lambda: any(booking.json()["code"] in message.as_string() for message in smtp_server.messages),
-                   timeout=90, interval=0.5, what="the invoice at the SMTP server")
+        try:
+            wait_until(lambda: any(booking.json()["code"] in message.as_string() for message in smtp_server.messages),
+                       timeout=90, interval=0.5, what="the invoice at the SMTP server")
+        except AssertionError as missing:  # the failure's own text says why: CI shows the summary, not the output
+            states = compose("ps", check=False).stdout
+            mailer = compose("logs", "--no-color", "--tail", "20", "mailer", check=False).stdout
+            raise AssertionError(f"{missing}\n{states}\n{mailer[-3000:]}") from None
 
         # A sync run through the containerised sync-worker, against the development school API's container
         with engine.begin() as connection:
