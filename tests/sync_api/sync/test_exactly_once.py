@@ -113,6 +113,46 @@ def test_concurrent_outcomes_for_one_student_count_once(clean, broker):
     assert get_run(clean, run["id"])["processed"] == 1
 
 
+def test_two_workers_recording_at_once_batch_their_outcomes_and_count_each_once(
+        clean, broker, monkeypatch, caplog):
+    # Given a run over 600 students, and two worker processes' recorders (each its own batches and connections)
+    import sync_api.sync.student_sync as student_sync
+    from antrian.amqp.publisher import ConfirmedPublisher
+    from sync_api.sync import fanout
+    students = idpersons(600)
+    seed_students(clean, len(students))
+    run = start_run(clean, broker, by=command_actor())
+    fanout.fan_out(clean, run["id"], lambda: ConfirmedPublisher(BROKER_URL))
+    engines = [make_engine(DATABASE_URL, autocommit=True) for _ in range(2)]
+    syncs = [StudentSync(engine=engine, school_api=SchoolApi(base_url="http://127.0.0.1:1", token=None, timeout_s=1))
+             for engine in engines]
+    statements = []
+    record = student_sync._record
+    monkeypatch.setattr(student_sync, "_record", lambda connection, outcomes: (
+        statements.append(len(outcomes)), record(connection, outcomes))[1])
+
+    # When 16 threads of each record every student's outcome, each student once, over every shard at once
+    def work(sync: StudentSync, mine: list[int]) -> None:
+        for idperson in mine:
+            sync.record(idperson, run["id"], status="failed" if idperson % 7 == 0 else "success", data={"n": 1},
+                        error="refused")
+
+    threads = [threading.Thread(target=work, args=(syncs[n % 2], students[n::32])) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    # Then each counted once, the run finished, in fewer statements than students, and no batch deadlocked
+    for engine in engines:
+        engine.dispose()
+    finished = get_run(clean, run["id"])
+    failed = sum(1 for idperson in students if idperson % 7 == 0)
+    assert (finished["status"], finished["processed"], finished["failed"]) == ("finished", 600, failed)
+    assert sum(statements) == 600 and len(statements) < 600 / 2, statements
+    assert "deadlock" not in caplog.text
+
+
 def test_a_redelivery_finishes_a_run_whose_last_outcome_lost_its_finish(clean, broker, monkeypatch):
     # Given a run whose every outcome is recorded, but the worker died before the finish check
     import sync_api.sync.student_sync as student_sync

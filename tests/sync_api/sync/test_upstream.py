@@ -20,9 +20,11 @@ class Scripted(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     script: list = []
     seen: list = []
+    peers: list = []
 
     def do_GET(self):  # noqa: N802
         self.seen.append((self.path, self.headers.get("Authorization")))
+        self.peers.append(self.client_address)
         status, body, headers, delay = self.script.pop(0)
         time.sleep(delay)
         send_json(self, status, body, headers)
@@ -33,7 +35,7 @@ class Scripted(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    handler = type("Handler", (Scripted,), {"script": [], "seen": []})
+    handler = type("Handler", (Scripted,), {"script": [], "seen": [], "peers": []})
     httpd, _url = serve(handler)
     yield httpd, handler
     httpd.shutdown()
@@ -51,13 +53,13 @@ def test_success_returns_data_and_sends_the_token(server):
     assert handler.seen == [("/siswa/42/pembayaran", "Bearer s3cret")]
 
 
-def test_one_pooled_connection_is_reused_per_thread(server):
+def test_one_pooled_connection_is_reused_for_the_next_student(server):
     httpd, handler = server
     api = client(httpd)
     for n in range(3):
         handler.script.append((200, {"status": True, "data": n}, {}, 0))
     assert [api.fetch_pembayaran(1) for _ in range(3)] == [0, 1, 2]
-    assert api._session() is api._session()
+    assert len(set(handler.peers)) == 1, handler.peers  # one connection, kept alive
 
 
 @pytest.mark.parametrize(
