@@ -117,7 +117,7 @@ def _profile(path: str, engine, args) -> tuple[Counter, list[str]]:
 
     with _Attacher(path, SAMPLED[path], rate=args.rate) as attacher:
         if path == "sync":
-            result = sync_throughput.run(engine, students=args.sync_students, processes=2, threads=8)
+            result = sync_throughput.run(engine, students=args.sync_students, processes=1, threads=16)
         elif path == "booking":
             result = bookings_latency.run(engine, rate=args.booking_rate, seconds=args.booking_seconds,
                                           concurrency=20)
