@@ -508,6 +508,8 @@ def _join_of_ended(lines: list[str]) -> str:
         return "merge join over a full scan of bookings_pkey"
     if any(node.startswith("Nested Loop") for node in nodes):
         return "nested loop, one bookings_pkey lookup per chosen booking"
+    if any(node.startswith("Index Scan using bookings_pkey") for node in nodes):
+        return "one bookings_pkey scan over the chosen ids (= ANY(array))"
     return " / ".join(nodes[:3])
 
 

@@ -120,12 +120,15 @@ def _end(connection: Connection, chosen: str, status: str, **parameters: object)
 
 def _ending(chosen: str, result: str) -> str:
     """Ending bookings: ``chosen`` selects candidates' ids; those still pending get ``:status`` and their seats go
-    back with one increment per tour; ``result`` selects from ``ended`` (the bookings ended) what the caller gets."""
+    back with one increment per tour; ``result`` selects from ``ended`` (the bookings ended) what the caller gets.
+
+    The candidates reach their rows as one array through the primary key: joined to ``chosen`` instead, a batch of
+    5,000 was planned as a hash join over a scan of the whole table, once per batch (a third of the sweep's time).
+    """
     return f"""
             WITH chosen AS ({chosen}), ended AS (
                 UPDATE bookings SET status = :status
-                FROM chosen
-                WHERE bookings.id = chosen.id AND bookings.status = 'pending'
+                WHERE bookings.id = ANY(ARRAY(SELECT id FROM chosen)) AND bookings.status = 'pending'
                 RETURNING bookings.id, bookings.code, bookings.tour_id, bookings.quantity
             ), released AS (
                 UPDATE tours SET quota = tours.quota + seats.quantity
