@@ -22,6 +22,7 @@ from antrian.messages import FAN_OUT_SYNC_RUN, SYNC_QUEUE, SYNC_STUDENT_PAYMENT
 from antrian.rate_limit import RateLimiter
 from antrian.runtime.per_process import PerProcess
 from sync_api.sync import fanout
+from sync_api.sync.batching import BatchTimeout
 from sync_api.sync.errors import StudentSyncFailed, TransientUpstreamError, bounded
 from sync_api.sync.retries import FAN_OUT, STUDENT
 from sync_api.sync.student_sync import FIRST, RETRIED, StudentSync
@@ -87,9 +88,9 @@ def sync_student_payment(idperson: int, run_id: int) -> None:
         # school API and it is not the student's failure; retried as a database outage is.
         raise
     except Exception as exc:
-        if is_disconnect(exc):
-            # The database is away: not the student's failure. The message is retried, and after
-            # its last attempt it is kept dead-lettered with the student still pending, to retry.
+        if is_disconnect(exc) or isinstance(exc, BatchTimeout):
+            # The database is away (or so slow that no batch answered): not the student's failure. The message is
+            # retried, and after its last attempt it is kept dead-lettered with the student still pending, to retry.
             raise
         reason = bounded(f"unexpected error: {exc!r}")
         student_sync.record(idperson, run_id, status="failed", error=reason, from_=from_)
