@@ -351,8 +351,19 @@ def log_events(*logs: str, event: str | None = None) -> list[dict]:
 
 
 def metric(metrics_url: str, name: str, **labels: str) -> float:
-    """The sum of the samples named ``name`` (with these labels) that a /metrics page shows; 0 when absent."""
-    page = requests.get(metrics_url, timeout=5).text
+    """The sum of the samples named ``name`` (with these labels) that a /metrics page shows; 0 when absent.
+
+    A scrape that races a worker process creating its metrics file is dropped by Dramatiq's exposition server
+    (prometheus_client reads the new, still empty file: ``struct.error``, the connection closed without an
+    answer); Prometheus takes the next scrape, and so does this, up to three times."""
+    for attempt in range(3):
+        try:
+            page = requests.get(metrics_url, timeout=5).text
+            break
+        except requests.ConnectionError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
     total = 0.0
     for family in text_string_to_metric_families(page):
         for sample in family.samples:
