@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,21 +38,40 @@ PAYMENT_SERVER_KEY = "SB-Mid-server-test-key"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port nobody listens on now, on loopback (see :func:`free_ports`)."""
+    return free_ports(1)[0]
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections' source ports come from there)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Where test servers' ports are drawn from: below the ephemeral range, so that no outgoing connection of another
+#: test takes a port between its pick and the server's bind (a port from bind(0) is an ephemeral one, and a clean-clone
+#: run saw sync-api fail to start with "Address already in use" on one).
+_TEST_PORTS = range(20_000, max(_ephemeral_low(), 20_001))
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: each is held while the next is picked (two free_port() calls in a row may
-    return the same port)."""
-    sockets = [socket.socket() for _ in range(count)]
+    """``count`` distinct free ports, drawn at random below the ephemeral range: each is held while the next is
+    picked (two picks in a row could otherwise return the same port)."""
+    held: list[socket.socket] = []
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+        while len(held) < count:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", _TEST_PORTS[secrets.randbelow(len(_TEST_PORTS))]))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        return [sock.getsockname()[1] for sock in held]
     finally:
-        for sock in sockets:
+        for sock in held:
             sock.close()
 
 
