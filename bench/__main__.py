@@ -216,10 +216,10 @@ def table_rows(parts: dict) -> list[dict]:
             a["ratio_end_to_end"] >= 0.90)
         add("a", "ratio antrian processing window / bare", f"{a['ratio_processing_window']:.2f}", "(info)")
         add("a", "  machine CPU busy during antrian / bare (steal; loadavg before)",
-            f"{_machine(an)} / {_machine(bare)}")
+            f"{common.machine(an)} / {common.machine(bare)}")
         for name, result in (("antrian", an), ("bare", bare)):
-            add("a", f"  CPU ms per student by process, {name}", _per_student(result["cpu_seconds"], a["students"]))
-            add("a", f"  mean busy DB sessions, {name}", _sessions(result["db_sessions"]))
+            add("a", f"  CPU ms per student by process, {name}", common.per_unit(result["cpu_seconds"], a["students"]))
+            add("a", f"  mean busy DB sessions, {name}", common.sessions(result["db_sessions"]))
         for row in an["memory"]:
             add("d", f"sync-worker {row['role']} (pid {row['pid']}) peak RSS / VmHWM",
                 f"{row['max_rss_mb']:.0f} / {row['hwm_mb']:.0f} MB", "< 150 MB", row["hwm_mb"] < 150)
@@ -234,9 +234,9 @@ def table_rows(parts: dict) -> list[dict]:
         up = b["upstream_latency"]
         add("b", "  one upstream GET measured (kept-alive / new connection); bound with it",
             f"{up['keep_alive_ms']} / {up['new_connection_ms']} ms; {b['measured_bound_s']}s")
-        add("b", "  mean busy DB sessions", _sessions(b["db_sessions"]))
-        add("b", "  machine CPU busy (steal; loadavg before)", _machine(b))
-        add("b", "  CPU ms per student by process", _per_student(b["cpu_seconds"], b["students"]))
+        add("b", "  mean busy DB sessions", common.sessions(b["db_sessions"]))
+        add("b", "  machine CPU busy (steal; loadavg before)", common.machine(b))
+        add("b", "  CPU ms per student by process", common.per_unit(b["cpu_seconds"], b["students"]))
     c = parts.get("c", {})
     if "post" in c:
         post = c["post"]
@@ -250,12 +250,12 @@ def table_rows(parts: dict) -> list[dict]:
         add("c", "  POST -> fanout_done observed", f"{fo['post_to_fanout_done_rate_per_s']:.0f}/s"
             f" ({fo['post_to_fanout_done_s']}s)")
         add("c", "  CPU ms per 1,000 messages by process; machine busy",
-            _per_student(fo["cpu_seconds"], fo["messages"] / 1000) + f"; {fo['machine_cpu_busy_percent']}%")
+            common.per_unit(fo["cpu_seconds"], fo["messages"] / 1000) + f"; {fo['machine_cpu_busy_percent']}%")
         raw = c["raw_publisher"]
         add("c", f"raw ConfirmedPublisher, {raw['messages']} messages to a scratch queue",
             f"{raw['rate_per_s']:.0f}/s ({raw['seconds']}s)", "(reference)")
         add("c", "  CPU ms per 1,000 messages by process; machine busy",
-            _per_student(raw["cpu_seconds"], raw["messages"] / 1000) + f"; {raw['machine_cpu_busy_percent']}%")
+            common.per_unit(raw["cpu_seconds"], raw["messages"] / 1000) + f"; {raw['machine_cpu_busy_percent']}%")
     _booking_rows(parts.get("e", {}), add)
     _email_rows(parts.get("f", {}), add)
     _expiry_rows(parts.get("g", {}), add)
@@ -276,36 +276,32 @@ def table_rows(parts: dict) -> list[dict]:
     return rows
 
 
-def _latencies(result: dict) -> str:
-    return " / ".join(f"{result[key]}" for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")) + " ms"
-
-
 def _booking_rows(e: dict, add) -> None:
     if "bookings" not in e:
         return
     setup = f"{e['rate']}/s for {e['seconds']}s, {e['concurrency']} connections"
     post, health = e["bookings"]["smooth"], e["healthz"]["smooth"]
-    add("e", f"POST /api/bookings, {setup}, smooth: p50 / p90 / p99 / max", _latencies(post))
+    add("e", f"POST /api/bookings, {setup}, smooth: p50 / p90 / p99 / max", common.latencies(post))
     add("e", "  POST /api/bookings p50", f"{post['p50_ms']} ms", "< 10 ms", post["p50_ms"] < 10)
     add("e", "  POST /api/bookings p99", f"{post['p99_ms']} ms", "< 50 ms", post["p99_ms"] < 50)
     add("e", "  rate achieved; answered of ticks; answers by status", _answers(post), "all 201",
         post["non_201"] == 0 and post["bookings_made"] == post["status_codes"].get("201"))
-    add("e", "GET /healthz, same load: p50 / p90 / p99 / max", _latencies(health))
+    add("e", "GET /healthz, same load: p50 / p90 / p99 / max", common.latencies(health))
     add("e", "  ratio POST / healthz, p50 and p99", f"{post['ratio_p50']:.1f}x / {post['ratio_p99']:.1f}x", "(info)")
     add("e", "  outbox rows during the load: max / mean (relay keeping up)",
         f"{post['outbox_max_during_load']} / {post['outbox_mean_during_load']}", "(info)")
     add("e", "  outbox empty after the load ended", f"{post['outbox_empty_after_s']} s", "< 5 s",
         post["outbox_empty_after_s"] < 5)
     add("e", "  CPU ms per POST by process; machine busy (steal; loadavg before)",
-        _per_student(post["cpu_seconds"], max(post["answered"], 1)) + f"; {_machine(post)}")
-    add("e", "  mean busy DB sessions during the load", _sessions(post["db_sessions"]))
+        common.per_unit(post["cpu_seconds"], max(post["answered"], 1)) + f"; {common.machine(post)}")
+    add("e", "  mean busy DB sessions during the load", common.sessions(post["db_sessions"]))
     post, health = e["bookings"]["bursts"], e["healthz"]["bursts"]
     add("e", f"POST /api/bookings, one hey -c {e['concurrency']}: bursts of {e['concurrency']} at once, p50/90/99/max",
-        _latencies(post), "(info)")
+        common.latencies(post), "(info)")
     add("e", "  rate achieved; answered of ticks; answers by status", _answers(post), "all 201",
         post["non_201"] == 0 and post["bookings_made"] == post["status_codes"].get("201"))
-    add("e", "  GET /healthz in the same bursts: p50 / p90 / p99 / max", _latencies(health), "(info)")
-    add("e", "  mean busy DB sessions during the load", _sessions(post["db_sessions"]))
+    add("e", "  GET /healthz in the same bursts: p50 / p90 / p99 / max", common.latencies(health), "(info)")
+    add("e", "  mean busy DB sessions during the load", common.sessions(post["db_sessions"]))
     inv = e["invoices"]
     add("e", "emails queue after both: invoices / distinct bookings / bookings made",
         f"{inv['invoices']} / {inv['distinct_bookings']} / {inv['bookings']}", "all equal", inv["ok"])
@@ -317,8 +313,8 @@ def _payment_rows(i: dict, add) -> None:
     n = i["notifications"]
     post, health = n["notifications"], n["healthz"]
     add("i", f"{n['count']:,} notifications, {n['concurrency']} at a time, gateway {n['gateway_latency_ms']:g} ms:"
-             " p50 / p90 / p99 / max", _latencies(post))
-    add("i", "GET /healthz, same sync-api, client and concurrency: p50 / p90 / p99 / max", _latencies(health))
+             " p50 / p90 / p99 / max", common.latencies(post))
+    add("i", "GET /healthz, same sync-api, client and concurrency: p50 / p90 / p99 / max", common.latencies(health))
     new, kept = n["gateway_direct_new_connection"], n["gateway_direct_kept_alive"]
     add("i", "  the gateway's status request asked directly, new connection / kept alive: p50 / p99",
         f"{new['p50_ms']} / {new['p99_ms']} ms; {kept['p50_ms']} / {kept['p99_ms']} ms", "(floor)")
@@ -327,10 +323,10 @@ def _payment_rows(i: dict, add) -> None:
     add("i", "  ratio notification / healthz, p50 and p99", f"{n['ratio_p50']}x / {n['ratio_p99']}x", "(info)")
     checks = n["checks"]
     add("i", "  all 200 paid; bookings paid / one payment row each / e-tickets queued; status requests",
-        f"{_codes(post)}; {checks['paid']} / {checks['one_payment_each']} / {checks['etickets_queued']};"
+        f"{common.codes(post)}; {checks['paid']} / {checks['one_payment_each']} / {checks['etickets_queued']};"
         f" {n['gateway_status_requests']}", "all equal", True)
     add("i", "  CPU ms per notification by process; machine busy (steal; loadavg before)",
-        _per_student(post["cpu_seconds"], max(post["requests"], 1)) + f"; {_machine(post)}")
+        common.per_unit(post["cpu_seconds"], max(post["requests"], 1)) + f"; {common.machine(post)}")
     r = i["reconcile"]
     add("i", f"reconcile() of {r['bookings']:,} pending bookings, gateway {r['gateway_latency_ms']:g} ms limited to"
              f" {r['rate_limit_per_s']}/s, {r['concurrency']} in flight, paced at {r['pace_per_s']:g}/s",
@@ -342,19 +338,15 @@ def _payment_rows(i: dict, add) -> None:
     add("i", "  bookings paid / one payment row each / one e-ticket outbox row each",
         f"{checks['paid']} / {checks['one_payment_each']} / {checks['eticket_outbox_rows']}", "all equal", True)
     add("i", "  CPU ms per booking by process; machine busy (steal; loadavg before)",
-        _per_student(r["cpu_seconds"], r["bookings"]) + f"; {_machine(r)}")
-    add("i", "  mean busy DB sessions", _sessions(r["db_sessions"]))
+        common.per_unit(r["cpu_seconds"], r["bookings"]) + f"; {common.machine(r)}")
+    add("i", "  mean busy DB sessions", common.sessions(r["db_sessions"]))
     pooled = r["pool_of_concurrency"]
     add("i", f"  the same, data regenerated, engine pool {pooled['pool_size']} (one connection per thread);"
              " wall / bound; 429s", f"{pooled['seconds']} s ({pooled['per_s']}/s); {pooled['ratio']}x;"
         f" {pooled['rate_limited']}", "(info)")
     add("i", "    CPU ms per booking by process; machine busy; sessions ended",
-        _per_student(pooled["cpu_seconds"], r["bookings"]) + f"; {_machine(pooled)};"
+        common.per_unit(pooled["cpu_seconds"], r["bookings"]) + f"; {common.machine(pooled)};"
         f" {pooled['db_sessions']['sessions_ended']}", "(info)")
-
-
-def _codes(result: dict) -> str:
-    return ", ".join(f"{code}: {n}" for code, n in result["status_codes"].items())
 
 
 def _answers(result: dict) -> str:
@@ -378,9 +370,9 @@ def _email_rows(f: dict, add) -> None:
         f"{checks['sink_count']} / {checks['distinct_message_ids']} / {checks['deliveries'].get('invoice sent', 0)}"
         f" / {sum(checks['left_in_queues'].values())}", f"{f['emails']} each, 0 left", checks["ok"])
     add("f", "  CPU ms per email by process; machine busy (steal; loadavg before)",
-        _per_student(mailer["cpu_seconds"], max(mailer["emails_during_cpu_meter"], 1))
-        + f"; {_machine(mailer)}")
-    add("f", "  mean busy DB sessions", _sessions(mailer["db_sessions"]))
+        common.per_unit(mailer["cpu_seconds"], max(mailer["emails_during_cpu_meter"], 1))
+        + f"; {common.machine(mailer)}")
+    add("f", "  mean busy DB sessions", common.sessions(mailer["db_sessions"]))
 
 
 def _expiry_rows(g: dict, add) -> None:
@@ -426,20 +418,6 @@ def _expiry_rows(g: dict, add) -> None:
             f" {result['total_ms']} ms", "(info)")
     add("g", f"  sweep(engine) on that data ({plan['sweep']['expired']} expired)", f"{plan['sweep']['seconds']} s",
         "(info)", plan["sweep"]["end_state"]["ok"] and plan["data_unchanged_after_explain"])
-
-
-def _per_student(cpu_seconds: dict[str, float], students: int) -> str:
-    return ", ".join(f"{who} {seconds * 1000 / students:.1f}" for who, seconds in cpu_seconds.items())
-
-
-def _machine(result: dict) -> str:
-    return (f"{result['machine_cpu_busy_percent']}% ({result['machine_cpu_steal_percent']}%;"
-            f" {result['loadavg_1m_before']})")
-
-
-def _sessions(db: dict) -> str:
-    busy = ", ".join(f"{what} {n}" for what, n in list(db["states"].items())[:3]) or "none"
-    return f"{busy}; {db['sessions_ended']} sessions ended meanwhile"
 
 
 def print_table(results: dict) -> None:

@@ -31,29 +31,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 from email import policy
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
-import requests
 from sqlalchemy import Engine, text
 
+from tests.support import free_ports_in_a_row
+
 from . import common, probes
-from .bookings_latency import BOOKING, SMOOTH, Load
+from .bookings_latency import BOOKING, SMOOTH, TOUR_QUOTA, Load, create_tour
 
 #: Sizes of the full suite and of ``--small`` (merged into bench/__main__.py's FULL and SMALL; each becomes an option).
 FULL: dict = {"n_rate": 100, "n_clients": 4, "n_seconds": 30, "n_healthz_rate": 10, "n_invoice_timeout_s": 120}
 SMALL: dict = {"n_seconds": 5}
 
 WARMUP_S = 3
-TOUR_QUOTA = 100_000
 READY_TIMEOUT_S = 150
 STOP_TIMEOUT_S = 60
 RATE_SHARE = 0.95
@@ -80,7 +78,7 @@ def run(engine: Engine, args: argparse.Namespace) -> dict:
     stack = Stack()
     try:
         stack.start()
-        body = json.dumps({"tour_id": _create_tour(stack.api), **BOOKING})
+        body = json.dumps({"tour_id": create_tour(stack.api), **BOOKING})
         load = {"hey": hey, "rate": rate, "concurrency": clients, "shape": SMOOTH}
         common.log(f"(n) GET /healthz alone at {rate}/s for {seconds}s, {clients} clients")
         alone = Load("n-healthz-alone", f"{stack.api}/healthz", seconds=seconds, **load).run()
@@ -147,7 +145,7 @@ class Stack:
         self.sink_dir = self.folder / "mail-sink"
         self.port, self.school_port, self.gateway_port, self.smtp_port, self.sink_port = common.free_ports(5)
         # sync-api's metrics on the base port less one, the three workers' on the base and the two above it.
-        self.metrics_base = _free_ports_in_a_row(4) + 1
+        self.metrics_base = free_ports_in_a_row(4) + 1
         self.api = f"http://127.0.0.1:{self.port}"
         self.service: common.Service | None = None
         self.children: dict[str, int] = {}
@@ -288,14 +286,6 @@ def _distinct_message_ids(files: list[Path]) -> int:
     return len(ids)
 
 
-def _create_tour(api: str) -> int:
-    response = requests.post(f"{api}/api/tours", headers=common.AUTH, timeout=10, json={
-        "name": "Bench tour", "quota": TOUR_QUOTA, "price": "150000", "starts_at": "2027-01-15T08:00:00+07:00"})
-    if response.status_code != 201:
-        raise RuntimeError(f"POST /api/tours answered {response.status_code}: {response.text[:300]}")
-    return response.json()["id"]
-
-
 def _consumers(queue: str) -> int:
     connection = common.amqp_connection()
     try:
@@ -310,24 +300,6 @@ def _count(engine: Engine, query: str) -> int:
         return connection.execute(text(query)).scalar_one()
 
 
-def _free_ports_in_a_row(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports below the kernel's ephemeral range (as soak.py)."""
-    for _ in range(500):
-        first = random.randrange(20_000, 32_000 - count)
-        if all(_bindable(port) for port in range(first, first + count)):
-            return first
-    raise RuntimeError(f"no {count} free ports in a row")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 # --------------------------------------------------------------------------- rows
 
 
@@ -339,18 +311,18 @@ def rows(result: dict, add) -> None:
         result["ratios"]
     rate, checks = result["rate"], result["checks"]
     add("n", f"POST /api/bookings, {rate}/s offered from {result['clients']} clients for {result['seconds']}s, make run"
-             " stack: p50 / p90 / p99 / max", _latencies(post))
+             " stack: p50 / p90 / p99 / max", common.latencies(post))
     add("n", "  rate achieved (201s / seconds); answered of ticks; answers by status",
-        f"{post['achieved_per_s']}/s; {post['answered']} of {post['ticks']}; {_codes(post)}",
+        f"{post['achieved_per_s']}/s; {post['answered']} of {post['ticks']}; {common.codes(post)}",
         f">= {RATE_SHARE * rate:g}/s", checks["rate"])
     add("n", f"GET /healthz under the same load ({result['healthz_rate']}/s, 1 client, {under['answered']} answers):"
-             " p50 / p90 / p99 / max", _latencies(under))
+             " p50 / p90 / p99 / max", common.latencies(under))
     add("n", "  ratio POST p50 / healthz p50 under load", f"{ratios['p50_under_load']:.2f}",
         f"<= {RATIO_TARGET:.1f}", checks["p50"])
     add("n", "  ratio POST p99 / healthz p99 under load", f"{ratios['p99_under_load']:.2f}",
         f"<= {RATIO_TARGET:.1f}", checks["p99"])
     add("n", f"GET /healthz alone, stack idle, {rate}/s from {result['clients']} clients: p50 / p90 / p99 / max",
-        _latencies(alone), "(info)")
+        common.latencies(alone), "(info)")
     add("n", "  ratio POST / healthz alone, p50 and p99", f"{ratios['p50_alone']:.2f}x / {ratios['p99_alone']:.2f}x",
         "(info)")
     inv = result["invoices"]
@@ -361,25 +333,17 @@ def rows(result: dict, add) -> None:
         f"{lag['p50_ms']} / {lag['p99_ms']} / {lag['max_ms']} ms; {lag['last_after_last_booking_s']} s;"
         f" {inv['failed']}", "(info)")
     add("n", "  CPU ms per booking by process (>= 0.05), during the load; machine busy (steal; loadavg before)",
-        _per_booking(post["cpu_seconds"], max(post["bookings_made"], 1)) + f"; {_machine(post)}")
+        _per_booking(post["cpu_seconds"], max(post["bookings_made"], 1)) + f"; {common.machine(post)}")
     if post.get("other_by_command"):
         add("n", "    'other' (outside the bench) by command, CPU s during the load",
             ", ".join(f"{command} {used}" for command, used in post["other_by_command"].items()))
     total = result["until_last_invoice"]
     add("n", "  the same from the load's start until its last invoice was sent",
-        _per_booking(total["cpu_seconds"], max(total["bookings"], 1)) + f"; {_machine(total)}")
-    add("n", "  mean busy DB sessions during the load", _sessions(post["db_sessions"]))
+        _per_booking(total["cpu_seconds"], max(total["bookings"], 1)) + f"; {common.machine(total)}")
+    add("n", "  mean busy DB sessions during the load", common.sessions(post["db_sessions"]))
     if result["left_running"]:
         add("n", "  stack processes left running after dev/run.py stopped (killed)",
             ", ".join(result["left_running"]), "none", False)
-
-
-def _latencies(result: dict) -> str:
-    return " / ".join(f"{result[key]}" for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")) + " ms"
-
-
-def _codes(result: dict) -> str:
-    return ", ".join(f"{code}: {n}" for code, n in result["status_codes"].items())
 
 
 def _per_booking(cpu_seconds: dict[str, float], bookings: int) -> str:
@@ -388,11 +352,3 @@ def _per_booking(cpu_seconds: dict[str, float], bookings: int) -> str:
     return ", ".join(f"{who} {ms:.1f}" for who, ms in shown.items() if ms >= 0.05) or "none"
 
 
-def _machine(result: dict) -> str:
-    return (f"{result['machine_cpu_busy_percent']}% ({result['machine_cpu_steal_percent']}%;"
-            f" {result['loadavg_1m_before']})")
-
-
-def _sessions(db: dict) -> str:
-    busy = ", ".join(f"{what} {n}" for what, n in list(db["states"].items())[:3]) or "none"
-    return f"{busy}; {db['sessions_ended']} sessions ended meanwhile"

@@ -57,7 +57,7 @@ def run(engine: Engine, *, rate: int, seconds: int, concurrency: int) -> dict:
     load = {"hey": hey, "rate": rate, "concurrency": concurrency}
     try:
         web = common.start_sync_api()
-        body = json.dumps({"tour_id": _create_tour(web), **BOOKING})
+        body = json.dumps({"tour_id": create_tour(web), **BOOKING})
         healthz = {}
         for shape in SHAPES:
             common.log(f"(e) GET /healthz at {rate}/s for {seconds}s, {concurrency} connections, {shape}")
@@ -102,9 +102,10 @@ def _measure(engine: Engine, load: Load) -> dict:
             "outbox_empty_after_s": drain_s, **cpu.report(), "db_sessions": db.report()}
 
 
-def _create_tour(web: str) -> int:
+def create_tour(web: str, name: str = "Bench tour") -> int:
+    """A tour through ``POST /api/tours`` with seats for every booking of a run (TOUR_QUOTA); returns its id."""
     response = requests.post(f"{web}/api/tours", headers=common.AUTH, timeout=10, json={
-        "name": "Bench tour", "quota": TOUR_QUOTA, "price": "150000", "starts_at": "2027-01-15T08:00:00+07:00"})
+        "name": name, "quota": TOUR_QUOTA, "price": "150000", "starts_at": "2027-01-15T08:00:00+07:00"})
     if response.status_code != 201:
         raise RuntimeError(f"POST /api/tours answered {response.status_code}: {response.text[:300]}")
     return response.json()["id"]

@@ -357,3 +357,33 @@ def fanout_lines(service: Service) -> list[dict]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+# --------------------------------------------------------------------------- table cells
+
+
+def latencies(result: dict) -> str:
+    """p50 / p90 / p99 / max of a latency result, in ms."""
+    return " / ".join(f"{result[key]}" for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms")) + " ms"
+
+
+def codes(result: dict) -> str:
+    """Answers by HTTP status: "201: 3000, 503: 2"."""
+    return ", ".join(f"{code}: {n}" for code, n in result["status_codes"].items())
+
+
+def per_unit(cpu_seconds: dict[str, float], units: int) -> str:
+    """CPU ms per unit (student, booking, email) by process."""
+    return ", ".join(f"{who} {seconds * 1000 / units:.1f}" for who, seconds in cpu_seconds.items())
+
+
+def machine(result: dict) -> str:
+    """The machine's CPU busy, its steal, and the load average before: "62.0% (0.0%; 1.93)"."""
+    return (f"{result['machine_cpu_busy_percent']}% ({result['machine_cpu_steal_percent']}%;"
+            f" {result['loadavg_1m_before']})")
+
+
+def sessions(db: dict) -> str:
+    """The three commonest busy database session states, and how many sessions ended."""
+    busy = ", ".join(f"{what} {n}" for what, n in list(db["states"].items())[:3]) or "none"
+    return f"{busy}; {db['sessions_ended']} sessions ended meanwhile"

@@ -41,7 +41,6 @@ import os
 import shutil
 import time
 
-import requests
 from sqlalchemy import Engine, text
 
 from . import bookings_latency, common, probes
@@ -153,7 +152,7 @@ def _booking_point(engine: Engine, hey: str, *, processes: int, threads: int, se
                    concurrency: int) -> dict:
     web = common.start_sync_api(GUNICORN_CMD_ARGS=f"--workers {processes} --threads {threads}")
     api = next(s for s in reversed(common.running()) if s.name == f"sync-api-{web.rsplit(':', 1)[1]}")
-    body = json.dumps({"tour_id": _create_tour(web), **bookings_latency.BOOKING})
+    body = json.dumps({"tour_id": bookings_latency.create_tour(web, "Scaling tour"), **bookings_latency.BOOKING})
     common.log(f"(o) POST /api/bookings closed loop, sync-api {processes}x{threads}, hey -c {concurrency}, {seconds}s")
     with probes.MemorySampler(api.pid, processes=processes) as memory:
         _Hey(hey, web, body, label=f"warmup-{processes}", seconds=BOOKING_WARMUP_S, concurrency=concurrency).wait()
@@ -202,15 +201,6 @@ class _Hey:
         if returncode != 0:
             raise RuntimeError(f"{self.service.name} exited with {returncode}:\n{self.service.log()[-2000:]}")
         return bookings_latency.parse_hey_csv(self.service.log())
-
-
-def _create_tour(web: str) -> int:
-    response = requests.post(f"{web}/api/tours", headers=common.AUTH, timeout=10, json={
-        "name": "Scaling tour", "quota": bookings_latency.TOUR_QUOTA, "price": "150000",
-        "starts_at": "2027-01-15T08:00:00+07:00"})
-    if response.status_code != 201:
-        raise RuntimeError(f"POST /api/tours answered {response.status_code}: {response.text[:300]}")
-    return response.json()["id"]
 
 
 def _wait_outbox_empty(engine: Engine, timeout: float = 60) -> float:

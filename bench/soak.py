@@ -42,7 +42,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -55,6 +54,8 @@ from pathlib import Path
 import psutil
 import requests
 from sqlalchemy import create_engine, text
+
+from tests.support import free_ports_in_a_row
 
 from . import soak_checks, soak_plot
 from .common import recreate_database
@@ -168,24 +169,6 @@ class Recorder:
 
 
 # --------------------------------------------------------------------------- the stack
-
-
-def free_ports_in_a_row(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports below the kernel's ephemeral range."""
-    for _ in range(500):
-        first = random.randrange(20_000, 32_000 - count)
-        if all(_bindable(port) for port in range(first, first + count)):
-            return first
-    raise RuntimeError(f"no {count} free ports in a row")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def reset_vhost() -> None:

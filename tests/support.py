@@ -75,6 +75,25 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports, below the ephemeral range (for a process that takes
+    a base port and the ones after it, as ``make run`` does with METRICS_PORT)."""
+    for _ in range(500):
+        first = _TEST_PORTS.start + secrets.randbelow(len(_TEST_PORTS) - count)
+        if all(_bindable(port) for port in range(first, first + count)):
+            return first
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def process_env(*, database_url: str, broker_url: str, api_token: str, **overrides: str) -> dict[str, str]:
     """This environment, pointed at one database, vhost and token, without a school API or metrics folder."""
     env = {k: v for k, v in os.environ.items() if k not in {"UPSTREAM_BASE_URL", "PROMETHEUS_MULTIPROC_DIR"}}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -26,6 +25,7 @@ from tests.support import (
     base_env,
     free_port,
     free_ports,
+    free_ports_in_a_row,
     payment_gateway,
     show_output_if_failed,
     wait_until,
@@ -36,28 +36,6 @@ READY = "Ctrl-C stops everything."
 #: What a developer's shell may hold that would change what make run starts.
 SHELL_SETTINGS = ("SMTP_HOST", "SMTP_PORT", "MAIL_BACKEND", "PAYMENT_SIMULATOR", "PAYMENT_SERVER_KEY",
                   "PAYMENT_API_BASE_URL", "BOOKING_EXPIRY_MINUTES", "EXPIRY_SWEEP_SECONDS")
-
-
-#: Ports the kernel never hands out for port 0 (its ephemeral range starts at 32768 by default).
-FIXED_PORTS = range(20_000, 32_000)
-
-
-def free_ports_in_a_row(count: int) -> int:
-    """The first of ``count`` consecutive free ports below the ephemeral range."""
-    for _ in range(200):
-        first = random.randrange(FIXED_PORTS.start, FIXED_PORTS.stop - count)
-        if all(_bindable(port) for port in range(first, first + count)):
-            return first
-    raise AssertionError(f"no {count} free ports in a row")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def run_env(**overrides: str) -> dict[str, str]:
