@@ -15,9 +15,13 @@ def test_each_request_is_one_json_access_line_with_its_fields(clean, start_web, 
     def lines() -> list[dict]:
         return [e for e in log_events(services[-1].log()) if e.get("logger") == "gunicorn.access"]
 
-    found = wait_until(lambda: len(lines()) >= 2 and lines(), timeout=10, what="two access lines")
-    by_path = {line["path"]: line for line in found}
-    health, booking = by_path["/healthz?probe=1"], by_path["/api/bookings"]
+    def by_path() -> dict[str, dict]:
+        return {line["path"]: line for line in lines()}
+
+    # start_web's own readiness probes (GET /healthz) are access lines too: wait for the two paths themselves
+    found = wait_until(lambda: {"/healthz?probe=1", "/api/bookings"} <= by_path().keys() and by_path(), timeout=10,
+                       what="both requests' access lines")
+    health, booking = found["/healthz?probe=1"], found["/api/bookings"]
     assert (health["method"], health["status"], health["message"]) == ("GET", 200, "GET /healthz?probe=1 200")
     assert (booking["method"], booking["status"], booking["remote_addr"]) == ("POST", 401, "127.0.0.1")
     assert booking["bytes"] > 0 and booking["duration_ms"] >= 0
