@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 #: The travel agency's timezone; its times are shown as WIB (Waktu Indonesia Barat).
@@ -15,6 +16,12 @@ _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augu
            "November", "December")
 
 
+#: Values each filter remembers: an invoice shows its deadline three times, and a tour's start and price repeat across
+#: its bookings' emails (a plain per-process cache of pure functions, so nothing shared goes stale).
+_CACHED = 4096
+
+
+@lru_cache(maxsize=_CACHED)
 def rupiah(amount: Decimal | int | float) -> str:
     """``Rp 1.500.000``: dots between thousands; ``,50`` style cents only when there are some."""
     value = Decimal(str(amount)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
@@ -26,6 +33,7 @@ def rupiah(amount: Decimal | int | float) -> str:
     return f"{sign}Rp {text}"
 
 
+@lru_cache(maxsize=_CACHED)
 def wib(moment: datetime) -> str:
     """``Saturday 12 December 2026, 08:00 WIB``: an aware datetime in the agency's timezone."""
     local = moment.astimezone(AGENCY_TIMEZONE)
