@@ -16,14 +16,16 @@ was counted on the way.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import Counter, defaultdict
 from email import policy
 from email.parser import BytesHeaderParser
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, text
+
+from tests import support
 
 #: The first bytes of a kept message hold its headers.
 HEADER_BYTES = 16_384
@@ -36,16 +38,8 @@ EXAMPLES = 5
 
 
 def queue_counts(vhost: str) -> dict[str, tuple[int, int]]:
-    """Each queue of the vhost: (ready, unacknowledged), as RabbitMQ itself counts them (not the lagging stats)."""
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged",
-         "--no-table-headers"], check=True, timeout=60, capture_output=True, text=True,
-    ).stdout
-    counts = {}
-    for line in listed.splitlines():
-        name, ready, unacked = line.split()
-        counts[name] = (int(ready), int(unacked))
-    return counts
+    """Each queue of the vhost on the machine's broker: (ready, unacknowledged), as they are now."""
+    return support.queue_counts(vhost, f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}")
 
 
 def wait_drained(database_url: str, vhost: str, *, stall_s: float, limit_s: float = 3600) -> bool | str:

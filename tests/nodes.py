@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
-from tests.support import free_port, free_ports
+from tests.support import free_port, free_ports, live_queue_counts
 
 #: Debian's RabbitMQ scripts, run directly (``/usr/sbin/rabbitmq-server`` would log into the shared /var/log).
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -82,14 +83,8 @@ class RabbitNode:
         return "\n".join(parts)
 
     def queue_counts(self, vhost: str = "/") -> dict[str, tuple[int, int]]:
-        """Each queue of ``vhost``: (ready, unacknowledged), as the node itself counts them."""
-        listed = self.ctl("list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged",
-                          "--no-table-headers")
-        counts = {}
-        for line in listed.splitlines():
-            name, ready, unacked = line.split()
-            counts[name] = (int(ready), int(unacked))
-        return counts
+        """Each queue of ``vhost``: (ready, unacknowledged), as they are now (``tests.support.live_queue_counts``)."""
+        return live_queue_counts(self.ctl, f"{self.url}{quote(vhost, safe='')}", vhost)
 
 
 def _run(argv: list[str], env: dict[str, str], timeout: float, check: bool) -> str:
