@@ -82,7 +82,9 @@ def test_an_unpaid_booking_expires_on_its_own_and_its_seats_come_back(
     )
     assert time.monotonic() - moved < 2 * SWEEP_S + 1.5
     assert quota(tours.engine, tour["id"]) == 10
-    [line] = log_events(worker.log(), event="bookings_expired")
+    # the audit line comes after the commit, through Dramatiq's log pipe
+    [line] = wait_until(lambda: log_events(worker.log(), event="bookings_expired"), timeout=10,
+                        what="the sweep's audit line")
     assert (line["codes"], line["ids"], line["tours"], line["seats"]) == (
         [booking["code"]], [booking["id"]], {str(tour["id"]): 3}, 3)
 

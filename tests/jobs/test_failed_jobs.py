@@ -124,12 +124,18 @@ def test_a_failure_the_store_cannot_take_waits_in_the_dead_letter_queue_and_is_i
         send_sweep()
         wait_until(lambda: dead_letters("booking-expiry") == 1, timeout=30, what="the message in booking-expiry.XQ")
         assert failed_rows(clean) == []
-        [line] = log_events(started["booking-expiry"].log(), event="failed_job_not_stored")
+        # The line goes through Dramatiq's log pipe, RabbitMQ's dead-lettering does not wait for it
+        [line] = wait_until(lambda: log_events(started["booking-expiry"].log(), event="failed_job_not_stored"),
+                            timeout=10, what="the line saying the failed job was not stored")
         assert "booking-expiry.XQ" in line["message"]
     # Once failed_jobs takes writes again, the worker's importer moves it there, and out of RabbitMQ
     [row] = wait_for_failed(clean, 1, timeout=40, queue_name="booking-expiry")
     assert row["actor_name"] == "expire_unpaid_bookings" and "dead-lettered" in row["exception"]
     wait_until(lambda: dead_letters("booking-expiry") == 0, timeout=10, what="the dead letter acknowledged")
+    # logged after the ack, through Dramatiq's log pipe
+    wait_until(lambda: log_events(started["booking-expiry"].log(), event="dead_letter_imported"), timeout=10,
+               what="the import logged")
+    settled()
     assert len(log_events(started["booking-expiry"].log(), event="dead_letter_imported")) == 1
 
 

@@ -37,6 +37,9 @@ def test_a_booking_is_found_by_its_code_with_its_emails_and_a_resend_sends_exact
     code, booking_id = booking["code"], booking["id"]
     other = book(web, auth, tour["id"], quantity=1).json()
     wait_until(lambda: len(smtp_server.messages) == 2, timeout=20, what="both invoices")
+    # The SMTP server has an email before the mailer records it sent (after the server's reply): wait for that too
+    outbox_drained(clean)
+    settled()
 
     # Looked up by its code (as a customer reads it over the phone: lower case, spaces around it)
     found = requests.get(f"{web}/api/bookings", params={"code": f"  {code.lower()} "}, headers=auth, timeout=10)
@@ -101,6 +104,7 @@ def test_a_booking_is_found_by_its_code_with_its_emails_and_a_resend_sends_exact
     paid = notify(web, notification(code, "settlement", booking["total_amount"]))
     assert paid.status_code == 200 and paid.json()["status"] == "paid"
     wait_until(lambda: len(smtp_server.messages) == 4, timeout=20, what="the e-ticket")
+    settled()  # the e-ticket recorded as sent: only a sent email can be resent
     late_invoice = resend(web, auth, booking_id, "invoice")
     assert late_invoice.status_code == 409 and "is paid" in late_invoice.json()["error"]
     ticket = resend(web, auth, booking_id, "eticket")

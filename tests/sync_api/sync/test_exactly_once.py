@@ -17,7 +17,7 @@ from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
 from sync_api.sync.student_sync import StudentSync
 from sync_api.sync.upstream import SchoolApi
-from tests.support import BROKER_URL, DATABASE_URL, queue_depth, settings_for_tests, wait_until
+from tests.support import BROKER_URL, DATABASE_URL, queue_depth, settings_for_tests, settled, wait_until
 from tests.sync_api.sync.helpers import idpersons
 
 
@@ -53,6 +53,7 @@ def test_the_same_message_twice_changes_nothing(clean, broker, start_school_api,
     worker = start_worker(start_school_api(), threads=2)
     run = start_run(clean, broker, by=command_actor())
     wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=30, what="the run to finish")
+    settled()  # counters go up after the outcome's commit, and every message is acked after them
     before = snapshot(clean, run["id"])
     metrics_before = requests.get(worker.metrics_url, timeout=5).text
 
