@@ -454,12 +454,13 @@ def metric(metrics_url: str, name: str, **labels: str) -> float:
     return total
 
 
-def busiest_second(times: list[float]) -> int:
-    """The most events in any 1-second sliding window of ``times`` (seconds, one clock): a rate limit's proof."""
+def busiest_second(times: list[float], *, window_s: float = 1.0) -> int:
+    """The most events in any sliding window of ``window_s`` seconds of ``times`` (seconds, one clock): a rate
+    limit's proof."""
     times = sorted(times)
     most, first = 0, 0
     for last, at in enumerate(times):
-        while times[first] <= at - 1.0:
+        while times[first] <= at - window_s:
             first += 1
         most = max(most, last - first + 1)
     return most
