@@ -14,7 +14,16 @@ from antrian.cli.demo import seed_students
 from antrian.runtime.broker import make_broker
 from antrian.sync.runs import get_run, start_run
 from dev.school_api import payment_data
-from tests.support import busiest_second, metric, send_json, serve, settings_for_tests, wait_until
+from tests.support import (
+    ARRIVAL_JITTER_S,
+    ARRIVAL_WINDOW_S,
+    busiest_second,
+    metric,
+    send_json,
+    serve,
+    settings_for_tests,
+    wait_until,
+)
 from tests.sync_api.sync.helpers import assert_exact_outcome
 
 #: Requests per second the school API may get, and students enough for the run to last about 9 s at that pace.
@@ -63,9 +72,11 @@ def test_two_workers_of_16_threads_keep_to_the_upstream_limit_and_every_student_
     broker.close()
     wait_until(lambda: not get_run(clean, run["id"])["isRunning"], timeout=60, what="the run to finish")
 
-    # Then the school API never saw more than the limit plus two leases (5 requests each) in any second
+    # Then the school API never saw more than the limit plus two leases (5 requests each) in any 2 seconds
     arrivals = recorded.arrivals
-    assert busiest_second(arrivals) <= RATE * 1.1, busiest_second(arrivals)
+    # (counted over 2 s with the arrivals' jitter allowed: a limiter letting 20% too many through fails this)
+    most = busiest_second(arrivals, window_s=ARRIVAL_WINDOW_S)
+    assert most <= RATE * (ARRIVAL_WINDOW_S + ARRIVAL_JITTER_S), most
     assert max(arrivals) - min(arrivals) >= 8  # the limit, not the workers, set the pace
     # And every student succeeded, asked exactly once: nothing failed, nothing was retried
     assert_exact_outcome(clean, get_run(clean, run["id"]), STUDENTS, set())
