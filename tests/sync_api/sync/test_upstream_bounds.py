@@ -105,7 +105,8 @@ def test_a_body_trickling_in_ends_at_the_timeout(server):
     started = time.monotonic()
     with pytest.raises(TransientUpstreamError, match=r"timed out after 1s"):
         client(httpd, timeout=1.0).fetch_pembayaran(7)
-    assert time.monotonic() - started < 1.5
+    # well before the 50 s the trickle would last, with room for a loaded machine
+    assert time.monotonic() - started < 5
 
 
 def test_a_body_cut_short_is_transient(server):
