@@ -681,7 +681,7 @@ def main() -> int:
         if runner.is_alive():
             recorder.event("drain", "the last sync run did not finish in time")
         drain_started = time.monotonic()
-        drained = soak_checks.wait_drained(DATABASE_URL, VHOST, stall_s=config.drain_timeout_s)
+        drained = soak_checks.wait_drained(DATABASE_URL, BROKER_URL, VHOST, stall_s=config.drain_timeout_s)
         result["drain_seconds"] = round(time.monotonic() - drain_started, 1)
         recorder.event("drained" if drained is True else "not-drained",
                        f"in {result['drain_seconds']}s" if drained is True else str(drained))
@@ -697,7 +697,7 @@ def main() -> int:
         mailer_kills = [restart["elapsed_s"] for restart in ledger.restarts
                         if restart["service"] == "mailer" and restart["signal"] == "SIGKILL"]
         result["checks"] = soak_checks.check_all(
-            DATABASE_URL, VHOST, WORK_DIR / "mail-sink", ledger=ledger, students=config.students,
+            DATABASE_URL, BROKER_URL, VHOST, WORK_DIR / "mail-sink", ledger=ledger, students=config.students,
             mailer_kills=[recorder.t0 + seconds for seconds in mailer_kills], drained=drained,
             runner_finished=not runner.is_alive(),
         )

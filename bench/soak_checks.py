@@ -21,7 +21,6 @@ from collections import Counter, defaultdict
 from email import policy
 from email.parser import BytesHeaderParser
 from pathlib import Path
-from urllib.parse import quote
 
 from sqlalchemy import create_engine, text
 
@@ -37,12 +36,8 @@ KILL_LAG_S = 5.0
 EXAMPLES = 5
 
 
-def queue_counts(vhost: str) -> dict[str, tuple[int, int]]:
-    """Each queue of the vhost on the machine's broker: (ready, unacknowledged), as they are now."""
-    return support.queue_counts(vhost, f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}")
-
-
-def wait_drained(database_url: str, vhost: str, *, stall_s: float, limit_s: float = 3600) -> bool | str:
+def wait_drained(database_url: str, broker_url: str, vhost: str, *, stall_s: float,
+                 limit_s: float = 3600) -> bool | str:
     """Wait until the outbox is empty and every queue holds nothing ready or unacknowledged, twice in a row
     (the expiry sweep's own message comes and goes every EXPIRY_SWEEP_SECONDS); True, or what was left once
     nothing had moved for ``stall_s`` (a backlog still shrinking is waited for, up to ``limit_s``)."""
@@ -55,7 +50,8 @@ def wait_drained(database_url: str, vhost: str, *, stall_s: float, limit_s: floa
         while time.monotonic() - last_progress < stall_s and time.monotonic() - started < limit_s:
             with engine.connect() as connection:
                 outbox = connection.execute(text("SELECT count(*) FROM outbox")).scalar_one()
-            busy = {name: counts for name, counts in queue_counts(vhost).items() if counts != (0, 0)}
+            counts_now = support.queue_counts(vhost, broker_url)
+            busy = {name: counts for name, counts in counts_now.items() if counts != (0, 0)}
             left = {"outbox": outbox, **busy}
             quiet = quiet + 1 if outbox == 0 and not busy else 0
             if quiet >= 2:
@@ -69,8 +65,8 @@ def wait_drained(database_url: str, vhost: str, *, stall_s: float, limit_s: floa
     return f"after {time.monotonic() - started:.0f}s: {left}"
 
 
-def check_all(database_url: str, vhost: str, sink: Path, *, ledger, students: int, mailer_kills: list[float],
-              drained: bool | str, runner_finished: bool) -> dict:
+def check_all(database_url: str, broker_url: str, vhost: str, sink: Path, *, ledger, students: int,
+              mailer_kills: list[float], drained: bool | str, runner_finished: bool) -> dict:
     """Every invariant; ``mailer_kills`` are the ``time.monotonic()`` instants the mailer was SIGKILLed."""
     violations: list[str] = []
     figures: dict = {}
@@ -90,7 +86,7 @@ def check_all(database_url: str, vhost: str, sink: Path, *, ledger, students: in
         violations.append(f"messages left in flight: {drained}")
     if outbox:
         violations.append(f"the outbox still holds {outbox} rows")
-    left = {name: counts for name, counts in queue_counts(vhost).items() if counts != (0, 0)}
+    left = {name: counts for name, counts in support.queue_counts(vhost, broker_url).items() if counts != (0, 0)}
     figures["queues_left"] = left
     return {"violations": violations, "figures": figures}
 
