@@ -318,7 +318,8 @@ def live_queue_counts(ctl: Callable[..., str], broker_url: str, vhost: str) -> d
     finally:
         if connection.is_open:
             connection.close()
-    fetched = sum(count for pid, count in held.items() if not any(pid in pids for pids in consuming.values()))
+    consumer_channels = set().union(*consuming.values())
+    fetched = sum(count for pid, count in held.items() if pid not in consumer_channels)
     if fetched:
         counts[FETCHED] = (0, fetched)
     return counts
