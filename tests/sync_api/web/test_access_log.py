@@ -19,8 +19,8 @@ def test_each_request_is_one_json_access_line_with_its_fields(clean, start_web, 
         return {line["path"]: line for line in lines()}
 
     # start_web's own readiness probes (GET /healthz) are access lines too: wait for the two paths themselves
-    found = wait_until(lambda: {"/healthz?probe=1", "/api/bookings"} <= by_path().keys() and by_path(), timeout=10,
-                       what="both requests' access lines")
+    found = wait_until(lambda: {"/healthz?probe=1", "/api/bookings"} <= (seen := by_path()).keys() and seen,
+                       timeout=10, what="both requests' access lines")
     health, booking = found["/healthz?probe=1"], found["/api/bookings"]
     assert (health["method"], health["status"], health["message"]) == ("GET", 200, "GET /healthz?probe=1 200")
     assert (booking["method"], booking["status"], booking["remote_addr"]) == ("POST", 401, "127.0.0.1")
